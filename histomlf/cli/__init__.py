@@ -1,0 +1,21 @@
+"""The `histomlf` command: one click group, one sub-module per verb.
+
+Heavy libraries (TensorFlow, MLflow) are imported inside the commands, so `histomlf --help`
+and `histomlf data scan` start fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from histomlf import __version__
+from histomlf.cli.data import data
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="histomlf")
+def main() -> None:
+    """MLflow-tracked CNN experiments for IDC detection in breast histopathology."""
+
+
+main.add_command(data)

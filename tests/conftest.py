@@ -1,0 +1,41 @@
+"""Shared fixtures: the real IDC sample, temporary stores, a fixed seed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = Path(os.environ.get("HISTOMLF_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "idc-sample"))
+
+SAMPLE_PATCHES = 1900
+SAMPLE_PATIENTS = 52
+SAMPLE_NEGATIVES = 1417
+SAMPLE_POSITIVES = 483
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not SAMPLE_DIR.is_dir():
+        raise pytest.UsageError(
+            f"the real IDC sample is missing at {SAMPLE_DIR}: set HISTOMLF_SAMPLE_DIR or place "
+            "shared/idc-sample beside the repository (tests never skip it)"
+        )
+
+
+@pytest.fixture(scope="session")
+def idc_sample() -> Path:
+    """The read-only real sample (1,900 patches of 52 patients, Kaggle layout)."""
+    return SAMPLE_DIR
+
+
+@pytest.fixture
+def idc_sample_copy(tmp_path: Path) -> Path:
+    """A writable copy of the real sample, for tests that add bad files to it."""
+    target = tmp_path / "idc-sample"
+    shutil.copytree(SAMPLE_DIR, target)
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
