@@ -196,6 +196,6 @@ def load_experiment(
     content = read_experiment_file(path)
     extra = {name: content.pop(name) for name in sections if name in content}
     values = {**content, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    values.setdefault("experiment", path.stem)
+    values["experiment"] = str(experiment)
     config = build_config(TrainConfig, values, source=f"experiment {path.name} + overrides")
     return config, extra

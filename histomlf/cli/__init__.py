@@ -10,6 +10,7 @@ import click
 
 from histomlf import __version__
 from histomlf.cli.data import data
+from histomlf.cli.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,3 +20,4 @@ def main() -> None:
 
 
 main.add_command(data)
+main.add_command(train)

@@ -1,0 +1,3 @@
+from histomlf.cli import main
+
+main()

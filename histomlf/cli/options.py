@@ -1,0 +1,69 @@
+"""Click options generated from `TrainConfig`, so the CLI, MLproject and YAML share one name list.
+
+Each field gets a kebab-case option plus its snake_case twin (`--fine-tune-epochs` and
+`--fine_tune_epochs`): `mlflow run -P fine_tune_epochs=2` passes undeclared parameters as
+`--fine_tune_epochs 2`. Every option defaults to None, meaning "as the experiment file says".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from histomlf.config import TrainConfig
+
+HELP = {
+    "model": "backbone name (simplecnn, vgg16, resnet50, efficientnetb0, mobilenetv2)",
+    "weights": "imagenet | none | path to a backbone weights file",
+    "image_size": "input size the model resizes patches to (>= 32)",
+    "epochs": "phase-1 epochs (head only when the backbone is pretrained)",
+    "fine_tune_epochs": "phase-2 epochs with the top backbone layers unfrozen",
+    "fine_tune_layers": "how many top backbone layers phase 2 unfreezes",
+    "learning_rate": "phase-1 learning rate",
+    "fine_tune_learning_rate": "phase-2 learning rate",
+    "optimizer": "adam | adamw | sgd | rmsprop",
+    "batch_size": "patches per batch",
+    "dropout": "dropout rate of the head",
+    "dense_units": "units of the head's hidden layer (0: none)",
+    "augment": "none | light | strong (training split only)",
+    "balance": "class_weight | undersample | none (training split only)",
+    "early_stopping_patience": "epochs without val ROC-AUC gain before stopping (0: off)",
+    "threshold_policy": "youden | best_f1 | sensitivity:<x> | fixed:<t>, chosen on val",
+    "gate_metric": "test metric the registry gate compares",
+    "max_samples": "use at most this many patches in total, stratified (0: all)",
+    "seed": "random seed (splits, shuffling, weights)",
+    "data_dir": "dataset folder in the Kaggle layout (empty: $HISTOMLF_DATA_DIR or synthetic)",
+    "val_fraction": "fraction of patients for validation",
+    "test_fraction": "fraction of patients for test",
+    "register_as": "register the model under this name and apply the champion gate",
+    "packed_cache": "decode PNGs once into a packed uint8 cache (true/false)",
+}
+
+SKIP = {"experiment", "extra"}
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(TrainConfig) if f.name not in SKIP]
+
+
+def train_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command with one option per `TrainConfig` field."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in reversed(config_fields()):
+        kebab = "--" + field.name.replace("_", "-")
+        names = [kebab] if "_" not in field.name else [kebab, f"--{field.name}"]
+        kind = {int: int, float: float, bool: str, str: str}.get(hints[field.name], str)
+        command = click.option(
+            *names, field.name, type=kind, default=None, help=HELP.get(field.name, field.name)
+        )(command)
+    return command
+
+
+def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user actually gave; an empty string (an unset MLproject default) is unset."""
+    names = {f.name for f in config_fields()}
+    return {k: v for k, v in options.items() if k in names and v not in (None, "")}

@@ -1,0 +1,40 @@
+"""`histomlf train`: the train recipe, tracked in MLflow (the `train`/`main` entry points)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from histomlf.cli.options import overrides_from, train_config_options
+from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+
+
+@click.command()
+@click.option("--experiment", "-e", default=DEFAULT_EXPERIMENT, show_default=True,
+              help="experiment file or name under experiments/")
+@train_config_options
+@click.option("--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON")
+def train(experiment: str, as_json: bool, **options) -> None:
+    """Train one backbone on a patient-level split and log everything to MLflow."""
+    try:
+        config, _ = load_experiment(experiment, overrides_from(options))
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from error
+
+    from histomlf.tracking.train_run import train_and_log
+
+    try:
+        result = train_and_log(config)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+        return
+    metrics = result["metrics"]
+    click.echo(f"run {result['run_id']}  model {result['model_uri']}")
+    for name in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "test_accuracy"):
+        click.echo(f"  {name:24s} {metrics[name]:.4f}")
+    gate = result.get("gate")
+    if gate is not None:
+        click.echo(f"  registry: {gate}")

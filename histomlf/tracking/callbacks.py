@@ -1,0 +1,40 @@
+"""A Keras callback that forwards each epoch's logs to the active MLflow run."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import mlflow
+
+
+def metric_key(keras_key: str) -> str:
+    """Keras history key -> histomlf metric key: `loss` -> `train_loss`, `val_loss` stays."""
+    return keras_key if keras_key.startswith("val_") else f"train_{keras_key}"
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs `train_*` / `val_*` per epoch at step = epoch (continuing across phases).
+
+    `step_offset` keeps steps from colliding when several fits log to one run
+    (e.g. executions of one tuning trial).
+    """
+
+    def __init__(self, step_offset: int = 0, run_id: str | None = None) -> None:
+        super().__init__()
+        self.step_offset = step_offset
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = {metric_key(k): float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        if logs and "learning_rate" in logs:
+            values["learning_rate"] = float(logs["learning_rate"])
+        if not values:
+            return
+        step = epoch + self.step_offset
+        if self.run_id:
+            now = int(time.time() * 1000)
+            metrics = [mlflow.entities.Metric(k, v, now, step) for k, v in values.items()]
+            mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics)
+        else:
+            mlflow.log_metrics(values, step=step)

@@ -1,0 +1,117 @@
+"""Opening runs and logging the common pieces: config params, datasets, figures, environment.
+
+`mlflow run` opens a run and hands it to the entry point through `MLFLOW_RUN_ID`; `active_run`
+attaches to it (never a second top-level run) and otherwise opens one in the `histomlf`
+experiment, so `histomlf train` behaves the same without MLflow Projects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+from histomlf.config import TrainConfig
+from histomlf.environment import environment_facts, pip_freeze
+
+DEFAULT_EXPERIMENT_NAME = "histomlf"
+
+
+@contextlib.contextmanager
+def active_run(run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Attach to the run `mlflow run` opened, or open one; system metrics are sampled."""
+    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT_NAME))
+    with mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
+                          tags=dict(tags or {}), log_system_metrics=True) as run:
+        yield run
+
+
+def _same_value(logged: str, value: Any) -> bool:
+    if str(value) == logged:
+        return True
+    try:
+        return float(logged) == float(value)
+    except (TypeError, ValueError):
+        return logged.strip().lower() == str(value).strip().lower()
+
+
+def log_resolved_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log every resolved value, skipping keys `mlflow run` already logged with the same value.
+
+    `mlflow run` logs `-P` values (and declared defaults) before the entry point starts and
+    refuses changes. A key logged as the same value in other words (`1e-3` vs `0.001`) is
+    skipped; one whose declared default was overridden by the experiment file (an empty
+    `data_dir` default, say) keeps its param and gets the value that ran as the tag
+    `histomlf.resolved.<key>`.
+    """
+    run_id = run_id or mlflow.active_run().info.run_id
+    logged = MlflowClient().get_run(run_id).data.params
+    fresh, resolved = {}, {}
+    for key, value in params.items():
+        text = "" if value is None else str(value)
+        if key not in logged:
+            fresh[key] = text
+        elif not _same_value(logged[key], value):
+            resolved[f"histomlf.resolved.{key}"] = text
+    if fresh:
+        mlflow.log_params(fresh)
+    if resolved:
+        mlflow.set_tags(resolved)
+
+
+def log_config(config: TrainConfig, extra: Mapping[str, Any] | None = None) -> None:
+    """Params for every resolved key plus the resolved config as `config/resolved.yaml`."""
+    params = config.as_params()
+    log_resolved_params(params)
+    document = {**params, **(dict(extra) if extra else {})}
+    mlflow.log_text(yaml.safe_dump(document, sort_keys=True), "config/resolved.yaml")
+
+
+def log_dataset(manifest, *, source: str, digest: str, name: str, context: str = "training") -> None:
+    """Log the manifest as an MLflow dataset input carrying histomlf's whole-manifest digest."""
+    columns = [c for c in ("patient_id", "x", "y", "label", "width", "height") if c in manifest]
+    dataset = mlflow.data.from_pandas(
+        manifest[columns].head(1000), source=source, targets="label", name=name, digest=digest[:32]
+    )
+    mlflow.log_input(dataset, context=context, tags={"histomlf.data_digest": digest,
+                                                      "patches": str(len(manifest))})
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_frame(frame, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+
+def log_environment() -> dict[str, Any]:
+    """Versions, devices, git commit and dirty flag as tags + `environment/` artifacts."""
+    facts = environment_facts()
+    mlflow.log_dict(facts, "environment/facts.json")
+    mlflow.log_text(pip_freeze(), "environment/pip-freeze.txt")
+    tags = {"histomlf.devices": ",".join(facts["devices"])}
+    if "git_commit" in facts:
+        tags["histomlf.git_commit"] = facts["git_commit"]
+        tags["histomlf.git_dirty"] = str(facts["git_dirty"]).lower()
+    mlflow.set_tags(tags)
+    return facts
+
+
+def log_json(payload: Mapping[str, Any], artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(payload, indent=2, sort_keys=True, default=float), artifact_file)

@@ -1,0 +1,129 @@
+"""A tracked training run: wires `histomlf.training.workflow` to MLflow.
+
+The workflow computes; this module logs what it returns (config, data, split, per-epoch and
+final metrics, plots, predictions, environment, model) and applies the registry gate.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from histomlf.config import TrainConfig
+from histomlf.environment import git_state
+from histomlf.paths import cache_root
+from histomlf.tracking import runs
+from histomlf.tracking.callbacks import MlflowEpochLogger
+
+HIGHER_IS_BETTER = {"loss": False, "brier": False, "ece": False}
+
+
+def log_split_scores(outcome, prefix: str = "") -> None:
+    """Metrics, confusion matrix, curves and predictions of a finished outcome."""
+    from histomlf.evaluation import plots
+    from histomlf.evaluation.metrics import confusion
+
+    final_step = max(len(outcome.fit.history.get("loss", [])), 1)
+    mlflow.log_metrics(outcome.metrics(), step=final_step)
+    test = outcome.test
+    labels = test.rows["label"].to_numpy()
+    runs.log_json(confusion(labels, test.probabilities, outcome.threshold), "evaluation/test_confusion_matrix.json")
+    runs.log_figure(plots.confusion_matrix_figure(labels, test.probabilities, outcome.threshold),
+                    "evaluation/test_confusion_matrix.png")
+    runs.log_figure(plots.roc_figure(labels, test.probabilities, outcome.threshold), "evaluation/test_roc.png")
+    runs.log_figure(plots.pr_figure(labels, test.probabilities, outcome.threshold), "evaluation/test_pr.png")
+    runs.log_figure(plots.reliability_figure(labels, test.probabilities), "evaluation/test_reliability.png")
+    runs.log_figure(plots.training_curves_figure(outcome.fit.history, getattr(outcome.fit, "phases", None)),
+                    "evaluation/training_curves.png")
+    runs.log_frame(test.predictions_frame(outcome.threshold), "predictions/test_predictions.csv")
+    runs.log_frame(outcome.val.predictions_frame(outcome.threshold), "predictions/val_predictions.csv")
+    runs.log_frame(outcome.patient_table, "predictions/test_patients.csv")
+    runs.log_json({k: list(v) for k, v in outcome.test_ci.items()}, "evaluation/test_bootstrap_ci.json")
+
+
+def log_data(data) -> None:
+    runs.log_dataset(data.manifest, source=str(data.data_dir), digest=data.data_digest, name="idc-manifest")
+    runs.log_frame(data.split, "data/split.csv")
+    runs.log_json(data.scan_stats, "data/scan.json")
+    counts = {
+        f"{name}_{what}": value
+        for name, rows in data.rows.items()
+        for what, value in (("patches", len(rows)), ("patients", rows["patient_id"].nunique()),
+                            ("positives", int(rows["label"].sum())))
+    }
+    mlflow.log_params(counts)
+    mlflow.set_tags({
+        "histomlf.data_digest": data.data_digest,
+        "histomlf.split_digest": data.split_digest,
+        "histomlf.data_source": data.data_source,
+        "histomlf.data_dir": str(data.data_dir),
+    })
+
+
+def gate_score(model_uri: str, data, metric: str, threshold_policy: str | None = None) -> float:
+    """Re-score a logged model on the test split of `data` by the gate metric."""
+    from histomlf.evaluation.metrics import classification_metrics
+    from histomlf.data.pipeline import make_dataset
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    rows = data.rows["test"]
+    frames = [model.predict(images.numpy()) for images, _ in
+              make_dataset(rows, batch_size=256, training=False, packed=data.packed)]
+    probabilities = np.concatenate([f["probability"].to_numpy() for f in frames])
+    labels_predicted = np.concatenate([f["label"].to_numpy() for f in frames])
+    # The champion is judged at its own logged threshold: reuse its labels' implied cut.
+    threshold = _implied_threshold(probabilities, labels_predicted)
+    return float(classification_metrics(rows["label"].to_numpy(), probabilities, threshold)[metric])
+
+
+def _implied_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    positives = probabilities[labels == 1]
+    return float(positives.min()) if len(positives) else 1.0 + 1e-9
+
+
+def train_and_log(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]:
+    """Run the train recipe inside the active (or a new) MLflow run and log everything."""
+    from histomlf.tracking.pyfunc import log_patch_classifier
+    from histomlf.training.workflow import prepare_data, train
+
+    with runs.active_run(run_name=run_name or f"{config.model}-{config.experiment}") as run:
+        runs.log_config(config)
+        runs.log_environment()
+        data = prepare_data(config)
+        log_data(data)
+        work_dir = cache_root() / "runs" / run.info.run_id
+        outcome = train(config, work_dir=work_dir, callbacks=[MlflowEpochLogger()], data=data)
+        log_split_scores(outcome)
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
+        info = log_patch_classifier(
+            outcome.model,
+            threshold=outcome.threshold,
+            metadata={"model": config.model, "data_digest": data.data_digest,
+                      "split_digest": data.split_digest},
+        )
+        result = {"run_id": run.info.run_id, "model_uri": info.model_uri, "metrics": outcome.metrics()}
+        if config.register_as:
+            result["gate"] = register(config, outcome, info.model_uri, run.info.run_id)
+        return result
+
+
+def register(config: TrainConfig, outcome, model_uri: str, run_id: str):
+    from histomlf.tracking.registry import register_and_gate
+
+    metric = config.gate_metric
+    decision = register_and_gate(
+        run_id,
+        model_uri,
+        config.register_as,
+        gate_metric=metric,
+        new_score=float(outcome.test.metrics[metric]),
+        digests={"data_digest": outcome.data.data_digest, "split_digest": outcome.data.split_digest},
+        tags={"model": config.model, "experiment": config.experiment,
+              **{k: str(v) for k, v in git_state().items()}},
+        score_champion=lambda uri: gate_score(uri, outcome.data, metric),
+    )
+    return decision

@@ -1,0 +1,275 @@
+"""The train recipe from config to scored predictions, with no tracking in it.
+
+`prepare_data` resolves the data (a folder, or a generated synthetic set), scans it, splits it
+by patient and opens the packed patch cache; `train` builds and fits the model and scores it on
+the validation and test splits. Everything a tracker needs comes back in `TrainOutcome`;
+`histomlf.tracking.train_run` logs it. Callers pass Keras callbacks for live per-epoch logging.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histomlf.config import TrainConfig
+from histomlf.paths import cache_root
+
+SYNTHETIC_DEFAULT = {"patients": 40, "patches_per_patient": 250, "seed": 7}
+TRAIN_METRICS_MAX_ROWS = 20_000
+
+
+@dataclass
+class PreparedData:
+    """A scanned, split dataset ready for the pipeline."""
+
+    data_dir: Path
+    data_source: str
+    manifest: pd.DataFrame
+    split: pd.DataFrame
+    rows: dict[str, pd.DataFrame]
+    data_digest: str
+    split_digest: str
+    packed: Any | None
+    scan_stats: dict[str, Any]
+
+
+@dataclass
+class SplitScores:
+    """Predictions and metrics of one model on one split."""
+
+    rows: pd.DataFrame
+    probabilities: np.ndarray
+    metrics: dict[str, float]
+
+    def predictions_frame(self, threshold: float) -> pd.DataFrame:
+        frame = self.rows[["path", "patient_id", "x", "y", "label"]].copy()
+        frame["probability"] = self.probabilities
+        frame["predicted"] = (self.probabilities >= threshold).astype(int)
+        return frame
+
+
+@dataclass
+class TrainOutcome:
+    """Everything a training run produced, for the tracker to log."""
+
+    config: TrainConfig
+    data: PreparedData
+    model: Any
+    fit: Any
+    threshold: float
+    val: SplitScores
+    test: SplitScores
+    train: SplitScores
+    test_patient_metrics: dict[str, float]
+    test_ci: dict[str, tuple[float, float]]
+    patient_table: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Final metrics under the `{split}_{name}` keys, CI bounds included."""
+        out: dict[str, float] = {}
+        for split, scores in (("train", self.train), ("val", self.val), ("test", self.test)):
+            out.update({f"{split}_{k}": v for k, v in scores.metrics.items()})
+        out.update({f"test_patient_{k}": v for k, v in self.test_patient_metrics.items()})
+        for name, (low, high) in self.test_ci.items():
+            out[f"test_{name}_ci_low"] = low
+            out[f"test_{name}_ci_high"] = high
+        out["decision_threshold"] = self.threshold
+        return out
+
+
+def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
+    """The folder to train on and where it came from: given, `$HISTOMLF_DATA_DIR`, or synthetic.
+
+    With nothing configured a small synthetic set is generated once into the cache, so a bare
+    `mlflow run .` works on a fresh machine; runs say `data_source=synthetic` so nobody mistakes
+    its numbers for real ones.
+    """
+    given = config.data_dir or os.environ.get("HISTOMLF_DATA_DIR", "")
+    if given.startswith("s3://"):
+        raise ValueError("data_dir=s3://... needs the S3 sync of the tracking-stack issue")
+    if given:
+        return Path(given).expanduser().resolve(), "folder"
+    from histomlf.data.synth import generate_dataset
+
+    target = cache_root() / "synthetic" / "default-{patients}x{patches_per_patient}-seed{seed}".format(
+        **SYNTHETIC_DEFAULT
+    )
+    marker = target / ".complete"
+    if not marker.exists():
+        generate_dataset(target, **SYNTHETIC_DEFAULT)
+        marker.touch()
+    return target, "synthetic"
+
+
+def limit_rows(rows: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """A label-stratified, seeded subsample of at most `max_rows` rows (all rows if 0)."""
+    if not max_rows or len(rows) <= max_rows:
+        return rows
+    fraction = max_rows / len(rows)
+    picked = rows.groupby("label", group_keys=False).sample(frac=fraction, random_state=seed)
+    return picked.sort_index()
+
+
+def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> PreparedData:
+    """Scan the data, split it by patient (or use `split`), subsample, open the packed cache."""
+    from histomlf.data.manifest import dataset_digest
+    from histomlf.data.scan import scan_to_cache
+    from histomlf.data.splits import apply_split, make_patient_split, split_digest
+
+    data_dir, source = resolve_data_dir(config)
+    scan = scan_to_cache(data_dir)
+    manifest = scan.manifest
+    if split is None:
+        split = make_patient_split(
+            manifest, config.val_fraction, config.test_fraction, seed=config.seed
+        )
+    assigned = apply_split(manifest, split)
+    rows: dict[str, pd.DataFrame] = {}
+    for name in ("train", "val", "test"):
+        part = assigned[assigned["split"] == name]
+        share = len(part) / max(len(assigned), 1)
+        budget = round(config.max_samples * share) if config.max_samples else 0
+        rows[name] = limit_rows(part, max(budget, 2) if budget else 0, config.seed).reset_index(
+            drop=True
+        )
+        if rows[name].empty:
+            raise ValueError(f"the {name} split is empty: too few patients for the fractions")
+    packed = None
+    if config.packed_cache:
+        from histomlf.data.packed import PackedPatches
+
+        used = pd.concat(rows.values(), ignore_index=True)
+        packed = PackedPatches.build_or_open(used, cache_root() / "packed")
+    return PreparedData(
+        data_dir=data_dir,
+        data_source=source,
+        manifest=manifest,
+        split=split,
+        rows=rows,
+        data_digest=dataset_digest(manifest),
+        split_digest=split_digest(split),
+        packed=packed,
+        scan_stats=dict(scan.stats),
+    )
+
+
+def predict_probabilities(model: Any, rows: pd.DataFrame, data: PreparedData, batch_size: int) -> np.ndarray:
+    """IDC probabilities for `rows` in row order, streamed through the eval pipeline."""
+    from histomlf.data.pipeline import make_dataset
+
+    dataset = make_dataset(rows, batch_size=batch_size, training=False, packed=data.packed)
+    chunks = [np.asarray(model(images, training=False)).reshape(-1) for images, _ in dataset]
+    probabilities = np.concatenate(chunks) if chunks else np.zeros(0)
+    if len(probabilities) != len(rows):
+        raise RuntimeError(f"pipeline returned {len(probabilities)} predictions for {len(rows)} rows")
+    return probabilities.astype(np.float64)
+
+
+def score_split(model: Any, rows: pd.DataFrame, data: PreparedData, threshold: float, batch_size: int) -> SplitScores:
+    from histomlf.evaluation.metrics import classification_metrics
+
+    probabilities = predict_probabilities(model, rows, data, batch_size)
+    metrics = classification_metrics(rows["label"].to_numpy(), probabilities, threshold)
+    return SplitScores(rows=rows, probabilities=probabilities, metrics=metrics)
+
+
+def build_and_fit(config: TrainConfig, data: PreparedData, *, work_dir: Path, callbacks: Sequence[Any] = ()):
+    """Create the backbone and run the two-phase fit; returns (model, FitResult)."""
+    from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
+    from histomlf.models import create_model
+    from histomlf.training.fit import fit
+
+    train_rows, val_rows = data.rows["train"], data.rows["val"]
+    train_ds = make_dataset(
+        train_rows,
+        batch_size=config.batch_size,
+        training=True,
+        augment=config.augment,
+        balance=config.balance,
+        seed=config.seed,
+        packed=data.packed,
+        repeat=True,
+    )
+    val_ds = make_dataset(val_rows, batch_size=config.batch_size, training=False, packed=data.packed)
+    weights = class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
+    model = create_model(
+        config.model,
+        weights=config.weights,
+        image_size=config.image_size,
+        dropout=config.dropout,
+        dense_units=config.dense_units,
+    )
+    result = fit(
+        model,
+        config,
+        train_ds,
+        val_ds,
+        steps_per_epoch=steps_per_epoch(train_rows, config.batch_size, config.balance),
+        class_weight=weights,
+        callbacks=list(callbacks),
+        work_dir=work_dir,
+    )
+    return model, result
+
+
+def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> dict[str, Any]:
+    """Threshold on val, then test metrics, per-patient metrics and patient-bootstrap CIs."""
+    from histomlf.evaluation.bootstrap import patient_bootstrap_ci
+    from histomlf.evaluation.metrics import patient_summary, per_patient_metrics
+    from histomlf.evaluation.threshold import choose_threshold
+
+    val_probabilities = predict_probabilities(model, data.rows["val"], data, config.batch_size)
+    threshold = float(
+        choose_threshold(data.rows["val"]["label"].to_numpy(), val_probabilities, config.threshold_policy)
+    )
+    val = score_split(model, data.rows["val"], data, threshold, config.batch_size)
+    test = score_split(model, data.rows["test"], data, threshold, config.batch_size)
+    train_rows = limit_rows(data.rows["train"], TRAIN_METRICS_MAX_ROWS, config.seed).reset_index(drop=True)
+    train = score_split(model, train_rows, data, threshold, config.batch_size)
+    labels = test.rows["label"].to_numpy()
+    patients = test.rows["patient_id"].to_numpy()
+    return {
+        "threshold": threshold,
+        "val": val,
+        "test": test,
+        "train": train,
+        "test_patient_metrics": per_patient_metrics(labels, test.probabilities, patients, threshold),
+        "test_ci": patient_bootstrap_ci(labels, test.probabilities, patients, threshold, seed=config.seed),
+        "patient_table": patient_summary(labels, test.probabilities, patients, threshold),
+    }
+
+
+def train(
+    config: TrainConfig,
+    *,
+    work_dir: Path,
+    callbacks: Sequence[Any] = (),
+    data: PreparedData | None = None,
+) -> TrainOutcome:
+    """Run the whole recipe and return what it produced; logs nothing."""
+    from histomlf.training.fit import make_deterministic
+
+    make_deterministic(config.seed)
+    started = time.perf_counter()
+    data = data or prepare_data(config)
+    prepared = time.perf_counter()
+    model, fit_result = build_and_fit(config, data, work_dir=work_dir, callbacks=callbacks)
+    fitted = time.perf_counter()
+    scores = evaluate_model(config, data, model)
+    done = time.perf_counter()
+    return TrainOutcome(
+        config=config,
+        data=data,
+        model=model,
+        fit=fit_result,
+        seconds={"data": prepared - started, "fit": fitted - prepared, "evaluate": done - fitted},
+        **scores,
+    )
