@@ -10,6 +10,7 @@ import click
 
 from histomlf import __version__
 from histomlf.cli.data import data
+from histomlf.cli.evaluate import cv, evaluate, predict
 from histomlf.cli.train import train
 
 
@@ -21,3 +22,6 @@ def main() -> None:
 
 main.add_command(data)
 main.add_command(train)
+main.add_command(cv)
+main.add_command(evaluate)
+main.add_command(predict)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 
 from histomlf.config import TrainConfig
 from histomlf.environment import git_state
@@ -64,25 +63,13 @@ def log_data(data) -> None:
     })
 
 
-def gate_score(model_uri: str, data, metric: str, threshold_policy: str | None = None) -> float:
-    """Re-score a logged model on the test split of `data` by the gate metric."""
-    from histomlf.evaluation.metrics import classification_metrics
-    from histomlf.data.pipeline import make_dataset
+def gate_score(model_uri: str, data, metric: str) -> float:
+    """Re-score a logged model on the test split of `data` by the gate metric, at its threshold."""
+    from histomlf.tracking.scoring import load_model, metrics_at_model_threshold, predict_rows
 
-    model = mlflow.pyfunc.load_model(model_uri)
     rows = data.rows["test"]
-    frames = [model.predict(images.numpy()) for images, _ in
-              make_dataset(rows, batch_size=256, training=False, packed=data.packed)]
-    probabilities = np.concatenate([f["probability"].to_numpy() for f in frames])
-    labels_predicted = np.concatenate([f["label"].to_numpy() for f in frames])
-    # The champion is judged at its own logged threshold: reuse its labels' implied cut.
-    threshold = _implied_threshold(probabilities, labels_predicted)
-    return float(classification_metrics(rows["label"].to_numpy(), probabilities, threshold)[metric])
-
-
-def _implied_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    positives = probabilities[labels == 1]
-    return float(positives.min()) if len(positives) else 1.0 + 1e-9
+    predictions = predict_rows(load_model(model_uri), rows, packed=data.packed)
+    return float(metrics_at_model_threshold(rows["label"].to_numpy(), predictions)[metric])
 
 
 def train_and_log(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,72 @@
+"""`histomlf evaluate`, `histomlf predict` and `histomlf cv`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from histomlf.cli.options import overrides_from, train_config_options
+from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+
+
+@click.command()
+@click.argument("model_uri")
+@click.argument("data")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test",
+              show_default=True, help="which patient split to score; `all` scores every row")
+@click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="patient split CSV (default: the one the model's training run logged)")
+def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> None:
+    """Score MODEL_URI on DATA (a dataset folder or manifest CSV) and log the metrics."""
+    from histomlf.tracking.evaluate_run import evaluate_and_log
+
+    try:
+        result = evaluate_and_log(model_uri, data, split=split, split_file=split_file)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(json.dumps(result, default=float))
+
+
+@click.command()
+@click.argument("model_uri")
+@click.argument("data")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("predictions.csv"),
+              show_default=True, help="per-patch CSV; the per-patient summary goes beside it")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
+    """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
+    from histomlf.tracking.evaluate_run import predict_to_files
+
+    try:
+        patches, patients = predict_to_files(model_uri, data, out, batch_size=batch_size)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {patches} and {patients}")
+
+
+@click.command()
+@click.option("--experiment", "-e", default=DEFAULT_EXPERIMENT, show_default=True,
+              help="experiment file or name under experiments/")
+@click.option("--folds", type=int, default=5, show_default=True, help="number of patient folds")
+@train_config_options
+def cv(experiment: str, folds: int, **options) -> None:
+    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
+    if folds < 2:
+        raise click.ClickException("--folds must be at least 2")
+    try:
+        config, _ = load_experiment(experiment, overrides_from(options))
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from error
+    from histomlf.tracking.cv_run import cv_and_log
+
+    try:
+        result = cv_and_log(config, folds)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
+        mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")
+        if mean is not None:
+            click.echo(f"{key:24s} {mean:.4f} ± {sd:.4f}")
+    click.echo(f"run {result['run_id']}")

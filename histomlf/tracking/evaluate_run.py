@@ -1,0 +1,81 @@
+"""Evaluating and batch-predicting with a logged model: `histomlf evaluate` and `predict`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from histomlf.tracking import runs
+from histomlf.tracking.scoring import load_model, metrics_at_model_threshold, predict_rows, source_run_split
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def manifest_for(data: str) -> tuple[pd.DataFrame, str, str]:
+    """Rows to score from a dataset folder (scanned) or a manifest CSV; with its digest."""
+    from histomlf.data.manifest import dataset_digest, read_manifest
+    from histomlf.data.scan import scan_to_cache
+
+    path = Path(data)
+    manifest = read_manifest(path) if path.is_file() else scan_to_cache(path).manifest
+    return manifest, dataset_digest(manifest), str(path.resolve())
+
+
+def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) -> pd.DataFrame:
+    """The rows of one split by a split file; `all` (or no split file) keeps every row."""
+    from histomlf.data.splits import apply_split, load_split
+
+    if split == "all" or split_file is None:
+        return manifest.reset_index(drop=True)
+    assigned = apply_split(manifest, load_split(split_file))
+    rows = assigned[assigned["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"no rows of the {split} split in this data (is it the same dataset?)")
+    return rows
+
+
+def evaluate_and_log(model_uri: str, data: str, *, split: str = "test",
+                     split_file: Path | None = None) -> dict[str, Any]:
+    """Score `model_uri` on a split (by default the one its training run logged) and log it."""
+    manifest, digest, source = manifest_for(data)
+    with runs.active_run(run_name=f"evaluate-{split}") as run, tempfile.TemporaryDirectory() as tmp:
+        split_file = split_file or (source_run_split(model_uri, Path(tmp)) if split != "all" else None)
+        if split != "all" and split_file is None:
+            raise ValueError(f"no split file given and {model_uri} has no logged data/split.csv; "
+                             "pass --split-file or --split all")
+        rows = select_split(manifest, split, split_file)
+        predictions = predict_rows(load_model(model_uri), rows, progress=True)
+        metrics = metrics_at_model_threshold(rows["label"].to_numpy(), predictions)
+        prefix = "eval" if split == "all" else split
+        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in metrics.items()})
+        mlflow.set_tags({"histomlf.kind": "evaluate", "histomlf.model_uri": model_uri,
+                         "histomlf.data_digest": digest, "histomlf.split": split})
+        runs.log_resolved_params({"model_uri": model_uri, "data": source, "split": split,
+                                  "patches": len(rows)})
+        out = rows[["path", "patient_id", "x", "y", "label"]].join(
+            predictions.rename(columns={"label": "predicted"}))
+        runs.log_frame(out, "predictions/predictions.csv")
+        return {"run_id": run.info.run_id, "metrics": {f"{prefix}_{k}": v for k, v in metrics.items()}}
+
+
+def predict_to_files(model_uri: str, data: str, out: Path, *, batch_size: int = 256) -> tuple[Path, Path]:
+    """Write one row per patch and a per-patient summary beside it; logs nothing."""
+    manifest, _, _ = manifest_for(data)
+    predictions = predict_rows(load_model(model_uri), manifest, batch_size=batch_size, progress=True)
+    table = manifest[["path", "patient_id", "x", "y"]].reset_index(drop=True).join(predictions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    patients = (
+        table.groupby("patient_id")
+        .agg(patches=("path", "size"), mean_probability=("probability", "mean"),
+             predicted_positive=("label", "sum"))
+        .reset_index()
+    )
+    patients["predicted_positive_fraction"] = patients["predicted_positive"] / patients["patches"]
+    patient_path = out.with_name(out.stem + ".patients.csv")
+    patients.to_csv(patient_path, index=False)
+    return out, patient_path

@@ -1,0 +1,59 @@
+"""Scoring a logged histomlf model (any model URI) on manifest rows through its pyfunc.
+
+Going through the pyfunc means evaluation, batch prediction and the registry gate see the
+model exactly as `mlflow models serve` does, decision threshold included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+
+def load_model(model_uri: str):
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def predict_rows(model: Any, rows: pd.DataFrame, *, packed: Any = None, batch_size: int = 256,
+                 progress: bool = False) -> pd.DataFrame:
+    """`probability` and `label` per row, in row order, streamed through the eval pipeline."""
+    from histomlf.data.pipeline import make_dataset
+
+    dataset = make_dataset(rows, batch_size=batch_size, training=False, packed=packed)
+    frames = []
+    with tqdm(total=len(rows), unit="patch", disable=not progress, desc="predict") as bar:
+        for images, _ in dataset:
+            frames.append(model.predict(np.asarray(images)))
+            bar.update(len(frames[-1]))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["probability", "label"])
+    if len(out) != len(rows):
+        raise RuntimeError(f"got {len(out)} predictions for {len(rows)} rows")
+    return out
+
+
+def metrics_at_model_threshold(labels: np.ndarray, predictions: pd.DataFrame) -> dict[str, float]:
+    """The full metric set at the threshold the model itself applies (its `label` output)."""
+    from histomlf.evaluation.metrics import classification_metrics
+
+    probabilities = predictions["probability"].to_numpy(dtype=float)
+    predicted = predictions["label"].to_numpy()
+    positives = probabilities[predicted == 1]
+    threshold = float(positives.min()) if len(positives) else float(np.nextafter(1.0, 2.0))
+    return classification_metrics(labels, probabilities, threshold)
+
+
+def source_run_split(model_uri: str, target_dir: Path) -> Path | None:
+    """The patient split file logged by the run that produced `model_uri`, if any."""
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        if not run_id:
+            return None
+        return Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="data/split.csv", dst_path=str(target_dir)))
+    except Exception:  # noqa: BLE001 - a model without a logged split is evaluated on given rows
+        return None
