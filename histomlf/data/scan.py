@@ -1,0 +1,494 @@
+"""Scan an IDC data folder into a manifest of usable patches and a quarantine of the rest.
+
+The Kaggle archive holds `<pid>/<0|1>/<pid>_idx5_x<X>_y<Y>_class<C>.png` and, again, a second
+top folder `IDC_regular_ps50_idx5/<pid>/...`. Both are read as one dataset: a file name found
+twice with the same bytes counts once, a patient under both folders is one patient. Every
+patch is decoded fully once, so the pipeline never meets a broken file; anything unusable goes
+to the quarantine with a one-line reason instead of crashing the scan.
+
+The work is split by patient (large patients into shards by file name, so that every copy of
+a name lands in the same job and is decoded at most once per distinct content) and runs in
+worker processes that return only small rows, so memory does not grow with pixel data.
+Workers are spawned, not forked, so scanning from a process that already runs TensorFlow is
+safe; pandas is imported only in the parent to keep them light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from histomlf.data.patches import MAX_PATCH_PIXELS, to_rgb_array
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCAN_VERSION = 1
+SECOND_TOP_FOLDER = "IDC_regular_ps50_idx5"
+PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
+NAME_PATTERN = "<pid>_idx5_x<X>_y<Y>_class<0|1>.png"
+LITTER_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".Spotlight-V100"})
+CLASS_FOLDERS = ("0", "1")
+# Files per job: big enough to amortise process hand-offs, small enough to balance two cores.
+JOB_FILES = 4000
+MANIFEST_FILE = "manifest.csv"
+QUARANTINE_FILE = "quarantine.csv"
+STATS_FILE = "scan.json"
+
+
+class ScanError(ValueError):
+    """The data folder cannot be scanned at all (missing, empty, no patches)."""
+
+
+@dataclass
+class ScanResult:
+    """A scan's kept patches, its quarantined files (path, reason) and its counts."""
+
+    manifest: pd.DataFrame
+    quarantine: pd.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the walk (parent process)
+
+
+def _is_litter(name: str) -> bool:
+    return name in LITTER_NAMES or name.startswith(".")
+
+
+def _top_folders(data_dir: Path) -> list[Path]:
+    """The folders that hold patient folders: DATA_DIR itself, then e.g. IDC_regular_ps50_idx5."""
+    roots = [data_dir]
+    with os.scandir(data_dir) as entries:
+        children = sorted(
+            (e for e in entries if e.is_dir() and not e.name.isdigit() and not _is_litter(e.name)),
+            key=lambda e: (e.name != SECOND_TOP_FOLDER, e.name),
+        )
+    for child in children:
+        with os.scandir(child.path) as entries:
+            if any(e.name.isdigit() and e.is_dir() for e in entries):
+                roots.append(Path(child.path))
+    return roots
+
+
+def _patient_folders(roots: list[Path]) -> dict[str, list[str]]:
+    """Patient id -> its folders under every top folder, first top folder first."""
+    patients: dict[str, list[str]] = {}
+    for root in roots:
+        with os.scandir(root) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.isdigit() and entry.is_dir():
+                    patients.setdefault(entry.name, []).append(entry.path)
+    return patients
+
+
+def _count_files(folders: list[str]) -> int:
+    """Entries in the class folders, to size jobs and the progress bar; no stat calls."""
+    total = 0
+    for folder in folders:
+        for label in CLASS_FOLDERS:
+            try:
+                total += len(os.listdir(os.path.join(folder, label)))
+            except OSError:
+                pass
+    return total
+
+
+def _top_level_files(roots: list[Path]) -> tuple[list[tuple[str, str]], int]:
+    """Files lying directly in a top folder: PNGs are quarantined, the rest ignored."""
+    stray, ignored = [], 0
+    for root in roots:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    continue
+                if entry.name.lower().endswith(".png") and not _is_litter(entry.name):
+                    reason = "misplaced: not inside a <pid>/<0|1>/ folder"
+                    stray.append((entry.path, reason))
+                else:
+                    ignored += 1
+    return stray, ignored
+
+
+# ---------------------------------------------------------------- one job (worker process)
+
+
+def check_patch_bytes(data: bytes) -> tuple[int, int] | str:
+    """Decode `data` fully; return its (width, height), or the reason it is not a patch.
+
+    The declared size is checked from the header before any pixel is decoded, so a
+    decompression bomb costs microseconds, not gigabytes.
+    """
+    if not data:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_PATCH_PIXELS:
+                    return (
+                        f"decompression bomb: header declares {width}x{height} px, "
+                        f"far beyond a patch (limit {MAX_PATCH_PIXELS} px)"
+                    )
+                image.load()
+                if image.mode != "RGB":
+                    to_rgb_array(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return f"decompression bomb: {error}"
+    except Exception as error:  # any decoder failure means the file is unusable
+        kind = "truncated image" if "truncat" in str(error).lower() else "not a readable image"
+        return f"{kind}: {type(error).__name__}: {error}"
+    if width <= 0 or height <= 0:
+        return f"not a readable image: empty size {width}x{height}"
+    return width, height
+
+
+def _walk_misplaced(folder: str, why: str, out: dict[str, Any], keep: Any) -> None:
+    """Quarantine PNGs found where no patch belongs; ignore anything else."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if _is_litter(entry.name):
+                if keep(entry.name):
+                    out["ignored"] += 1
+            elif entry.is_dir():
+                _walk_misplaced(entry.path, why, out, keep)
+            elif keep(entry.name):
+                out["files"] += 1
+                if entry.name.lower().endswith(".png"):
+                    out["quarantine"].append((entry.path, f"misplaced: {why}"))
+                else:
+                    out["ignored"] += 1
+
+
+def _candidates(pid: str, folders: list[str], out: dict[str, Any], keep: Any) -> dict:
+    """File name -> [path, ...] for the well-placed, well-named PNGs of one patient."""
+    names: dict[str, list[str]] = {}
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            top = sorted(entries, key=lambda e: e.name)
+        for entry in top:
+            if _is_litter(entry.name):
+                if keep(entry.name):
+                    out["ignored"] += 1
+            elif entry.is_dir() and entry.name in CLASS_FOLDERS:
+                _class_folder(pid, entry.name, entry.path, names, out, keep)
+            elif entry.is_dir():
+                _walk_misplaced(entry.path, "not inside a class folder 0 or 1", out, keep)
+            elif keep(entry.name):
+                out["files"] += 1
+                if entry.name.lower().endswith(".png"):
+                    out["quarantine"].append(
+                        (entry.path, "misplaced: not inside a class folder 0 or 1")
+                    )
+                else:
+                    out["ignored"] += 1
+    return names
+
+
+def _class_folder(
+    pid: str, label: str, folder: str, names: dict, out: dict[str, Any], keep: Any
+) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if not keep(name):
+                continue
+            if _is_litter(name):
+                out["ignored"] += 1
+                continue
+            if entry.is_dir():
+                _walk_misplaced(entry.path, "nested below a class folder", out, keep)
+                continue
+            out["files"] += 1
+            if not name.lower().endswith(".png"):
+                out["ignored"] += 1
+                continue
+            match = PATCH_NAME.match(name)
+            if match is None:
+                out["quarantine"].append((entry.path, f"unparsable name: expected {NAME_PATTERN}"))
+            elif match[1] != pid:
+                out["quarantine"].append(
+                    (entry.path, f"patient mismatch: name says {match[1]} but folder is {pid}")
+                )
+            elif match[4] != label:
+                out["quarantine"].append(
+                    (entry.path, f"label mismatch: name says class{match[4]} but folder is {label}")
+                )
+            else:
+                names.setdefault(name, []).append(entry.path)
+
+
+def _scan_job(job: tuple[str, list[str], int, int]) -> dict[str, Any]:
+    """Scan one patient (or one shard of its file names); return small rows only."""
+    pid, folders, shard, shards = job
+
+    def keep(name: str) -> bool:
+        return shards == 1 or zlib.crc32(name.encode()) % shards == shard
+
+    out: dict[str, Any] = {"files": 0, "ignored": 0, "duplicates": 0, "quarantine": []}
+    columns: dict[str, list] = {
+        k: [] for k in ("path", "x", "y", "label", "width", "height", "sha1")
+    }
+    for name, paths in _candidates(pid, folders, out, keep).items():
+        verdicts: dict[str, tuple[int, int] | str] = {}
+        kept_path = kept_sha1 = None
+        for path in paths:
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError as error:
+                out["quarantine"].append((path, f"unreadable file: {error.strerror or error}"))
+                continue
+            sha1 = hashlib.sha1(data).hexdigest()
+            verdict = verdicts.get(sha1)
+            if verdict is None:
+                verdict = verdicts[sha1] = check_patch_bytes(data)
+            if isinstance(verdict, str):
+                out["quarantine"].append((path, verdict))
+            elif kept_path is None:
+                kept_path, kept_sha1 = path, sha1
+                match = PATCH_NAME.match(name)
+                columns["path"].append(path)
+                columns["x"].append(int(match[2]))
+                columns["y"].append(int(match[3]))
+                columns["label"].append(int(match[4]))
+                columns["width"].append(verdict[0])
+                columns["height"].append(verdict[1])
+                columns["sha1"].append(sha1)
+            elif sha1 == kept_sha1:
+                out["duplicates"] += 1
+            else:
+                out["quarantine"].append(
+                    (path, f"conflicting duplicate: same name as {kept_path}, different bytes")
+                )
+    out["pid"] = pid
+    out["columns"] = columns
+    return out
+
+
+# ---------------------------------------------------------------- the scan
+
+
+def _jobs(patients: dict[str, list[str]]) -> tuple[list[tuple[str, list[str], int, int]], int]:
+    """One job per patient, or per shard of a big one; largest first for balance."""
+    sized = []
+    total = 0
+    for pid, folders in patients.items():
+        count = _count_files(folders)
+        total += count
+        shards = max(1, -(-count // JOB_FILES))
+        sized.extend((count / shards, (pid, folders, shard, shards)) for shard in range(shards))
+    sized.sort(key=lambda item: -item[0])
+    return [job for _, job in sized], total
+
+
+def _run_jobs(
+    jobs: list[tuple[str, list[str], int, int]], workers: int, total: int, progress: bool
+) -> Iterator[dict[str, Any]]:
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="file", desc="scan", file=sys.stderr, disable=not progress) as bar:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                result = _scan_job(job)
+                bar.update(result["files"])
+                yield result
+            return
+        context = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            futures = [pool.submit(_scan_job, job) for job in jobs]
+            for future in as_completed(futures):
+                result = future.result()
+                bar.update(result["files"])
+                yield result
+
+
+def _check_data_dir(data_dir: str | Path) -> Path:
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise ScanError(f"data dir not found: {path}")
+    if not path.is_dir():
+        raise ScanError(f"data dir is not a folder: {path}")
+    if not any(True for _ in os.scandir(path)):
+        raise ScanError(f"data dir is empty: {path} (expected <pid>/<0|1>/{NAME_PATTERN})")
+    return path.resolve()
+
+
+def scan_dataset(
+    data_dir: str | Path, *, workers: int | None = None, progress: bool | None = None
+) -> ScanResult:
+    """Scan `data_dir` (Kaggle layout) into a manifest, a quarantine and counts.
+
+    `workers` defaults to `os.cpu_count()`; `progress` (a tqdm bar on stderr) defaults to
+    whether stderr is a terminal. Raises `ScanError` when there is nothing to scan.
+    """
+    import pandas as pd
+
+    from histomlf.data.manifest import QUARANTINE_COLUMNS, _typed, dataset_digest
+
+    start = time.perf_counter()
+    root = _check_data_dir(data_dir)
+    workers = max(1, workers or os.cpu_count() or 1)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    roots = _top_folders(root)
+    patients = _patient_folders(roots)
+    quarantine, ignored = _top_level_files(roots)
+    jobs, total = _jobs(patients)
+
+    columns: dict[str, list] = {}
+    pids: list[str] = []
+    counts = {"files": len(quarantine) + ignored, "ignored": ignored, "duplicates": 0}
+    for result in _run_jobs(jobs, workers, total, progress):
+        for key in counts:
+            counts[key] += result[key]
+        quarantine.extend(result["quarantine"])
+        for key, values in result["columns"].items():
+            columns.setdefault(key, []).extend(values)
+        pids.extend([result["pid"]] * len(result["columns"]["path"]))
+
+    if not pids:
+        detail = (
+            f"; {len(quarantine)} file(s) quarantined, e.g. {quarantine[0][0]}: {quarantine[0][1]}"
+            if quarantine
+            else ""
+        )
+        raise ScanError(f"no usable patches ({NAME_PATTERN}) found in {root}{detail}")
+    manifest = pd.DataFrame({"patient_id": pids, **columns})
+    manifest["_pid"] = manifest["patient_id"].astype("int64")
+    manifest = manifest.sort_values(["_pid", "x", "y", "label", "path"], kind="mergesort")
+    manifest = _typed(manifest.drop(columns="_pid"))
+    quarantine_frame = pd.DataFrame(sorted(quarantine), columns=list(QUARANTINE_COLUMNS))
+
+    positives = int(manifest["label"].sum())
+    stats: dict[str, Any] = {
+        "data_dir": str(root),
+        "top_folders": [str(path) for path in roots],
+        "files_seen": counts["files"],
+        "patches": len(manifest),
+        "patients": int(manifest["patient_id"].nunique()),
+        "positives": positives,
+        "negatives": len(manifest) - positives,
+        "border_patches": int(((manifest["width"] < 50) | (manifest["height"] < 50)).sum()),
+        "duplicates_skipped": counts["duplicates"],
+        "quarantined": len(quarantine_frame),
+        "ignored": counts["ignored"],
+        "dataset_digest": dataset_digest(manifest),
+        "workers": workers,
+        "scan_version": SCAN_VERSION,
+    }
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    return ScanResult(manifest=manifest, quarantine=quarantine_frame, stats=stats)
+
+
+# ---------------------------------------------------------------- files and the cache
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_scan(result: ScanResult, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write manifest.csv, quarantine.csv and scan.json (the counts) into `out_dir`."""
+    from histomlf.data.manifest import write_manifest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path, quarantine_path = out / MANIFEST_FILE, out / QUARANTINE_FILE
+    _replace_atomically(manifest_path, lambda p: write_manifest(result.manifest, p))
+    _replace_atomically(quarantine_path, lambda p: result.quarantine.to_csv(p, index=False))
+    stats = {**result.stats, "manifest": str(manifest_path), "quarantine": str(quarantine_path)}
+    _replace_atomically(out / STATS_FILE, lambda p: p.write_text(json.dumps(stats, indent=2)))
+    return manifest_path, quarantine_path
+
+
+def cache_root() -> Path:
+    """`$HISTOMLF_CACHE`, or `./.histomlf-cache`: never beside the (maybe read-only) data."""
+    return Path(os.environ.get("HISTOMLF_CACHE") or Path.cwd() / ".histomlf-cache")
+
+
+def scan_cache_dir(data_dir: str | Path) -> Path:
+    """The default output folder of a scan: one per resolved data folder."""
+    key = hashlib.sha256(str(Path(data_dir).expanduser().resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "scans" / key
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A hash of every file's relative path, size and mtime: changes when the data does."""
+    root = _check_data_dir(data_dir)
+    digest = hashlib.sha256()
+    stack = [str(root)]
+    prefix = len(str(root)) + 1
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir():
+                    stack.append(entry.path)
+                else:
+                    info = entry.stat()
+                    digest.update(
+                        f"{entry.path[prefix:]}\0{info.st_size}\0{info.st_mtime_ns}\n".encode()
+                    )
+    return digest.hexdigest()
+
+
+def _load_cached(out: Path, fingerprint: str) -> ScanResult | None:
+    import pandas as pd
+
+    from histomlf.data.manifest import ManifestError, read_manifest
+
+    try:
+        stats = json.loads((out / STATS_FILE).read_text())
+        if stats.get("fingerprint") != fingerprint or stats.get("scan_version") != SCAN_VERSION:
+            return None
+        manifest = read_manifest(out / MANIFEST_FILE)
+        quarantine = pd.read_csv(out / QUARANTINE_FILE, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, ManifestError):
+        return None
+    return ScanResult(manifest=manifest, quarantine=quarantine, stats={**stats, "cached": True})
+
+
+def scan_to_cache(
+    data_dir: str | Path,
+    out: str | Path | None = None,
+    workers: int | None = None,
+    *,
+    refresh: bool = False,
+    progress: bool | None = None,
+) -> ScanResult:
+    """Scan `data_dir` and write the result to `out` (default: the cache), or reuse it.
+
+    A previous scan in `out` is reused when the data folder's fingerprint (file list, sizes,
+    mtimes) is unchanged, so training can call this on every run; `refresh` forces a rescan.
+    """
+    out_dir = Path(out) if out is not None else scan_cache_dir(data_dir)
+    fingerprint = data_fingerprint(data_dir)
+    if not refresh:
+        cached = _load_cached(out_dir, fingerprint)
+        if cached is not None:
+            return cached
+    result = scan_dataset(data_dir, workers=workers, progress=progress)
+    result.stats["fingerprint"] = fingerprint
+    result.stats["cached"] = False
+    manifest_path, quarantine_path = write_scan(result, out_dir)
+    result.stats["manifest"], result.stats["quarantine"] = str(manifest_path), str(quarantine_path)
+    return result
