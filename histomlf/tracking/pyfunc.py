@@ -1,0 +1,256 @@
+"""The served model: an MLflow pyfunc that takes base64 PNG/JPEG patches and returns IDC scores.
+
+`mlflow models serve` and `mlflow.pyfunc.load_model` both go through `IdcPatchClassifier`:
+request rows are validated and padded by `histomlf.serving` (the same `pad_to_patch` as
+training), the saved `.keras` model is called directly in batches (`model.predict` is slow on
+small batches, mlflow issue 5259), and the decision threshold chosen at training time turns each
+probability into a label. Bad input becomes an `MlflowException(INVALID_PARAMETER_VALUE)`, the
+only kind whose message the scoring server passes on to the client (as an HTTP 400).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+
+from histomlf.serving.inputs import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_PIXELS,
+    InvalidPatchInput,
+    encode_png_base64,
+    images_from_arrays,
+    images_from_base64,
+)
+
+IMAGE_COLUMN = "image"
+MODEL_ARTIFACT = "keras_model"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_LIMITS = {
+    "max_images": DEFAULT_MAX_IMAGES,
+    "max_bytes": DEFAULT_MAX_BYTES,
+    "max_pixels": DEFAULT_MAX_PIXELS,
+    "batch_size": 256,
+}
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+    outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+)
+
+# Models from code: the logged model names the class instead of pickling an instance.
+_MODEL_CODE = """\
+import mlflow
+
+from histomlf.tracking.pyfunc import IdcPatchClassifier
+
+mlflow.models.set_model(IdcPatchClassifier())
+"""
+
+# Requirements pinned to what is installed, so `log_model` need not infer them in a subprocess.
+_PINNED_DISTRIBUTIONS = ("keras", "mlflow", "pillow", "numpy", "pandas", "cloudpickle")
+_TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
+
+
+class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
+    """Base64 PNG/JPEG patches (or uint8 arrays) in; `probability` and `label` out.
+
+    `model_config` holds `threshold` (required; label = probability >= threshold) and optional
+    request limits `max_images`, `max_bytes`, `max_pixels` and the scoring `batch_size`.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import keras
+
+        config = dict(context.model_config or {})
+        self.threshold = _check_threshold(config.get("threshold"))
+        limits = {key: int(config.get(key, default)) for key, default in DEFAULT_LIMITS.items()}
+        self.max_images, self.max_bytes = limits["max_images"], limits["max_bytes"]
+        self.max_pixels, self.batch_size = limits["max_pixels"], limits["batch_size"]
+        _register_custom_layers()
+        self.keras_model = keras.saving.load_model(context.artifacts[MODEL_ARTIFACT], compile=False)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Score a DataFrame with a string column `image` (base64 PNG/JPEG) or uint8 arrays.
+
+        Arrays (one `[N, H, W, 3]` uint8 array or a list of HxWx3 ones) are accepted by the
+        Python object itself; `PyFuncModel.predict` enforces the string signature first, so
+        use `predict_patches` for arrays. Invalid rows raise `MlflowException` naming the row.
+        """
+        try:
+            batch = self.to_batch(model_input)
+        except InvalidPatchInput as error:
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error
+        probability = self.score(batch)
+        return pd.DataFrame(
+            {
+                "probability": probability.astype(np.float64),
+                "label": (probability >= self.threshold).astype(np.int64),
+            }
+        )
+
+    def to_batch(self, model_input: Any) -> np.ndarray:
+        """Validate and pad a request into a `[N, 50, 50, 3]` uint8 batch."""
+        if isinstance(model_input, pd.DataFrame):
+            if IMAGE_COLUMN not in model_input.columns:
+                raise InvalidPatchInput(
+                    f"expected a column {IMAGE_COLUMN!r} of base64 PNG/JPEG strings, "
+                    f"got columns {list(map(str, model_input.columns))}"
+                )
+            return images_from_base64(
+                model_input[IMAGE_COLUMN].tolist(),
+                max_bytes=self.max_bytes,
+                max_pixels=self.max_pixels,
+                max_images=self.max_images,
+            )
+        if isinstance(model_input, np.ndarray | list | tuple):
+            return images_from_arrays(
+                model_input, max_pixels=self.max_pixels, max_images=self.max_images
+            )
+        raise InvalidPatchInput(
+            f"expected a DataFrame with column {IMAGE_COLUMN!r} or uint8 arrays, "
+            f"got {type(model_input).__name__}"
+        )
+
+    def score(self, batch: np.ndarray) -> np.ndarray:
+        """IDC probabilities `[N]` for a padded uint8 batch, calling Keras directly per batch."""
+        import keras
+
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start : start + self.batch_size].astype(np.float32)
+            output = keras.ops.convert_to_numpy(self.keras_model(chunk, training=False))
+            if output.shape not in ((len(chunk), 1), (len(chunk),)):
+                raise RuntimeError(
+                    f"the Keras model returned shape {output.shape} for {len(chunk)} patches; "
+                    "expected [N, 1] probabilities"
+                )
+            outputs.append(output.reshape(-1))
+        return np.concatenate(outputs).astype(np.float64)
+
+
+def predict_patches(
+    model: mlflow.pyfunc.PyFuncModel | IdcPatchClassifier,
+    images: np.ndarray | Sequence[np.ndarray] | pd.DataFrame,
+) -> pd.DataFrame:
+    """Score uint8 arrays (or an `image` DataFrame) with a loaded model, skipping the signature.
+
+    `PyFuncModel.predict` checks input against the string signature, which arrays can't pass;
+    this goes to the `IdcPatchClassifier` underneath with the same validation and output.
+    """
+    python_model = (
+        model if isinstance(model, IdcPatchClassifier) else model.unwrap_python_model()
+    )
+    if not isinstance(python_model, IdcPatchClassifier):
+        raise TypeError(f"not an IDC patch classifier: {type(python_model).__name__}")
+    return python_model.predict(None, images)
+
+
+def pinned_requirements() -> list[str]:
+    """`name==version` for TensorFlow, Keras, MLflow, Pillow, NumPy, pandas, as installed."""
+    requirements = []
+    for distribution in _TENSORFLOW_DISTRIBUTIONS:
+        try:
+            requirements.append(f"{distribution}=={importlib.metadata.version(distribution)}")
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    for distribution in _PINNED_DISTRIBUTIONS:
+        requirements.append(f"{distribution}=={importlib.metadata.version(distribution)}")
+    return requirements
+
+
+def example_input() -> pd.DataFrame:
+    """A one-row request (a synthetic pink 50x50 patch), logged as the model's input example."""
+    patch = np.zeros((50, 50, 3), dtype=np.uint8)
+    patch[..., 0], patch[..., 1], patch[..., 2] = 230, 160, 200
+    patch[10:40, 10:40] = (150, 60, 140)
+    return pd.DataFrame({IMAGE_COLUMN: [encode_png_base64(patch)]})
+
+
+def log_patch_classifier(
+    keras_model: Any,
+    *,
+    name: str = "model",
+    threshold: float,
+    registered_model_name: str | None = None,
+    extra_pip_requirements: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    limits: dict[str, int] | None = None,
+) -> ModelInfo:
+    """Log a Keras model (or a `.keras` path) as an `IdcPatchClassifier` pyfunc model.
+
+    Logs into the active run if there is one. The model is logged "from code" (a two-line
+    script naming the class, no pickle) and the histomlf package travels as `code_paths`, so a
+    fresh environment imports the same classifier; `limits` overrides the request limits
+    (`max_images`, `max_bytes`, `max_pixels`, `batch_size`) stored in `model_config`.
+    """
+    unknown = sorted(set(limits or {}) - set(DEFAULT_LIMITS))
+    if unknown:
+        raise MlflowException(
+            f"unknown limit(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_LIMITS)}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    # Every key is logged: `load_model(model_config=...)` may only override logged keys.
+    model_config = {"threshold": _check_threshold(threshold), **DEFAULT_LIMITS, **(limits or {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(keras_model, str | Path):
+            model_path = str(keras_model)
+        else:
+            model_path = str(Path(tmp) / "model.keras")
+            keras_model.save(model_path)
+        code_file = Path(tmp) / "idc_patch_classifier.py"
+        code_file.write_text(_MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code_file),
+            artifacts={MODEL_ARTIFACT: model_path},
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=[*pinned_requirements(), *(extra_pip_requirements or [])],
+            signature=SIGNATURE,
+            input_example=example_input(),
+            model_config=model_config,
+            registered_model_name=registered_model_name,
+            metadata=metadata,
+        )
+
+
+def _check_threshold(value: Any) -> float:
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = math.nan
+    if not 0.0 <= threshold <= 1.0:
+        raise MlflowException(
+            f"the decision threshold must be a number in [0, 1], got {value!r}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return threshold
+
+
+def _register_custom_layers() -> None:
+    """Import `histomlf.models` if present, so custom layers it registers can be deserialized."""
+    try:
+        importlib.import_module("histomlf.models")
+    except ModuleNotFoundError as error:
+        if error.name not in ("histomlf.models",):
+            raise
