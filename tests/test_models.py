@@ -114,7 +114,8 @@ def test_weights_file_loads_into_backbone(tmp_path: Path) -> None:
 
     model = create_model("simplecnn", weights=str(path))
     for expected, loaded in zip(
-        source.get_layer("backbone").get_weights(), model.get_layer("backbone").get_weights(),
+        source.get_layer("backbone").get_weights(),
+        model.get_layer("backbone").get_weights(),
         strict=True,
     ):
         np.testing.assert_array_equal(loaded, expected)
@@ -140,7 +141,9 @@ def test_imagenet_offline_fails_at_once_naming_file_url_and_folder(
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(weights_module, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
     spec = weights_module.IMAGENET_WEIGHTS["vgg16"]
-    unreachable = weights_module.ImagenetWeights(spec.file_name, "http://127.0.0.1:9/" + spec.file_name)
+    unreachable = weights_module.ImagenetWeights(
+        spec.file_name, "http://127.0.0.1:9/" + spec.file_name
+    )
     monkeypatch.setitem(weights_module.IMAGENET_WEIGHTS, "vgg16", unreachable)
     started = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as error:

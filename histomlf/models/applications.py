@@ -32,7 +32,9 @@ def vgg16(**kwargs: Any) -> keras.Model:
 @register_model
 def resnet50(**kwargs: Any) -> keras.Model:
     """ResNet50 (v1, the study's); "caffe" preprocessing."""
-    return build_classifier("resnet50", _application(keras.applications.ResNet50), "caffe", **kwargs)
+    return build_classifier(
+        "resnet50", _application(keras.applications.ResNet50), "caffe", **kwargs
+    )
 
 
 @register_model

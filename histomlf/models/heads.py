@@ -88,7 +88,9 @@ def build_classifier(
     The output layer is float32 so mixed precision never yields float16 probabilities.
     """
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE} for Keras backbones, got {image_size}")
+        raise ValueError(
+            f"image_size must be >= {MIN_IMAGE_SIZE} for Keras backbones, got {image_size}"
+        )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if dense_units < 0:

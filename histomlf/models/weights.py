@@ -46,7 +46,8 @@ IMAGENET_WEIGHTS: dict[str, ImagenetWeights] = {
     # MobileNetV2 ships weights for 96..224 px; other sizes (50, 64...) get the 224 file.
     "mobilenetv2": ImagenetWeights(
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-        _KERAS_APPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        _KERAS_APPS
+        + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
     ),
     "efficientnetb0": ImagenetWeights(
         "efficientnetb0_notop.h5",
@@ -99,7 +100,10 @@ def imagenet_weights_path(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
-        with urllib.request.urlopen(spec.url, timeout=timeout) as response, open(partial, "wb") as out:
+        with (
+            urllib.request.urlopen(spec.url, timeout=timeout) as response,
+            open(partial, "wb") as out,
+        ):
             shutil.copyfileobj(response, out)
         partial.replace(target)
     except (OSError, ValueError) as error:
