@@ -149,7 +149,9 @@ def serve(
     """
     port = port or free_port()
     log_path = log_dir / f"serve-{port}.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **(extra_env or {})}
+    # mlflow execs `uvicorn` by name: the interpreter's bin dir must come first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri, **(extra_env or {})}
     command = [
         sys.executable, "-m", "mlflow", "models", "serve",
         "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
