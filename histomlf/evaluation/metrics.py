@@ -1,0 +1,170 @@
+"""Classification metrics as pure functions of `(y_true, y_prob, threshold)`.
+
+A patch is predicted IDC when `y_prob >= threshold` (the convention of scikit-learn's ROC
+thresholds, so a threshold chosen on a curve reproduces that curve's point). Metrics that
+are undefined on the input (ROC/PR AUC and balanced accuracy with a single class present,
+anything on an empty input) are nan, never an exception; ratio metrics with a zero
+denominator (precision with no predicted positive...) are 0, scikit-learn's
+`zero_division=0`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    log_loss,
+    roc_auc_score,
+)
+
+METRIC_NAMES = (
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "balanced_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+    "ece",
+    "loss",
+)
+ECE_BINS = 10
+NAN = float("nan")
+
+
+def as_arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten to `(int labels in {0, 1}, float64 probabilities)` of equal length."""
+    labels = np.asarray(y_true).reshape(-1)
+    probabilities = np.asarray(y_prob, dtype=np.float64).reshape(-1)
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"y_true has {labels.size} values but y_prob has {probabilities.size}")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise ValueError("y_true must hold only 0 and 1")
+    return labels.astype(np.int64), probabilities
+
+
+def confusion(y_true: Any, y_prob: Any, threshold: float) -> dict[str, Any]:
+    """`{"tn", "fp", "fn", "tp": int, "threshold": float}`, JSON-ready."""
+    labels, probabilities = as_arrays(y_true, y_prob)
+    predicted = (probabilities >= threshold).astype(np.int64)
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    return {
+        "tn": int(tn),
+        "fp": int(fp),
+        "fn": int(fn),
+        "tp": int(tp),
+        "threshold": float(threshold),
+    }
+
+
+def _ratio(numerator: float, denominator: float, zero_division: float) -> float:
+    return float(numerator / denominator) if denominator else float(zero_division)
+
+
+def expected_calibration_error(y_true: Any, y_prob: Any, bins: int = ECE_BINS) -> float:
+    """ECE of P(IDC): sum over `bins` equal-width bins of |mean label - mean probability|
+    weighted by the bin's share of samples (a probability of exactly 1 falls in the top bin).
+    """
+    labels, probabilities = as_arrays(y_true, y_prob)
+    if not labels.size:
+        return NAN
+    index = np.clip((probabilities * bins).astype(np.int64), 0, bins - 1)
+    gap = np.bincount(index, weights=labels - probabilities, minlength=bins)
+    return float(np.abs(gap).sum() / labels.size)
+
+
+def classification_metrics(
+    y_true: Any, y_prob: Any, threshold: float, *, zero_division: float = 0.0
+) -> dict[str, float]:
+    """Every metric in `METRIC_NAMES` for predictions `y_prob >= threshold`.
+
+    `loss` is the log loss (binary cross-entropy) of the probabilities, `brier` their mean
+    squared error, `ece` the 10-bin expected calibration error. `zero_division` is the value
+    of precision/recall/specificity/F1 when their denominator is 0 (nan to mark them undefined).
+    """
+    labels, probabilities = as_arrays(y_true, y_prob)
+    if not labels.size:
+        return dict.fromkeys(METRIC_NAMES, NAN)
+    counts = confusion(labels, probabilities, threshold)
+    tn, fp, fn, tp = counts["tn"], counts["fp"], counts["fn"], counts["tp"]
+    both_classes = 0 < tp + fn < labels.size
+    recall = _ratio(tp, tp + fn, zero_division)
+    specificity = _ratio(tn, tn + fp, zero_division)
+    metrics = {
+        "accuracy": (tp + tn) / labels.size,
+        "precision": _ratio(tp, tp + fp, zero_division),
+        "recall": recall,
+        "specificity": specificity,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, zero_division),
+        "balanced_accuracy": (recall + specificity) / 2 if both_classes else NAN,
+        "roc_auc": roc_auc_score(labels, probabilities) if both_classes else NAN,
+        "pr_auc": average_precision_score(labels, probabilities) if both_classes else NAN,
+        "brier": brier_score_loss(labels, probabilities, pos_label=1),
+        "ece": expected_calibration_error(labels, probabilities),
+        "loss": log_loss(labels, np.clip(probabilities, 1e-15, 1 - 1e-15), labels=[0, 1]),
+    }
+    return {name: float(metrics[name]) for name in METRIC_NAMES}
+
+
+def _per_patient(
+    y_true: Any, y_prob: Any, patient_ids: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels, probabilities = as_arrays(y_true, y_prob)
+    patients = np.asarray(patient_ids).reshape(-1)
+    if patients.shape != labels.shape:
+        raise ValueError(f"patient_ids has {patients.size} values but y_true has {labels.size}")
+    return labels, probabilities, patients
+
+
+def per_patient_metrics(
+    y_true: Any, y_prob: Any, patient_ids: Any, threshold: float
+) -> dict[str, float]:
+    """Each metric computed within each patient, then averaged over patients (macro).
+
+    Every patient counts once whatever its number of patches. A metric undefined for a
+    patient (recall for a patient without IDC patches, ROC AUC with one class, precision
+    with no predicted positive...) is left out of that metric's average rather than
+    counted as 0; a metric undefined for every patient is nan.
+    """
+    labels, probabilities, patients = _per_patient(y_true, y_prob, patient_ids)
+    rows = [
+        classification_metrics(labels[mask], probabilities[mask], threshold, zero_division=NAN)
+        for mask in (patients == patient for patient in np.unique(patients))
+    ]
+    result = {}
+    for name in METRIC_NAMES:
+        values = [row[name] for row in rows if not math.isnan(row[name])]
+        result[name] = float(np.mean(values)) if values else NAN
+    return result
+
+
+def patient_summary(y_true: Any, y_prob: Any, patient_ids: Any, threshold: float) -> pd.DataFrame:
+    """One row per patient: patches, positives, mean probability, and the predicted vs true
+    IDC fractions (the slide-level view a pathologist would compare), sorted by patient id."""
+    labels, probabilities, patients = _per_patient(y_true, y_prob, patient_ids)
+    frame = pd.DataFrame(
+        {
+            "patient_id": patients,
+            "label": labels,
+            "probability": probabilities,
+            "predicted": (probabilities >= threshold).astype(np.int64),
+        }
+    )
+    aggregations: dict[str, tuple[str, str | Callable[..., Any]]] = {
+        "patches": ("label", "size"),
+        "positives": ("label", "sum"),
+        "mean_probability": ("probability", "mean"),
+        "predicted_positive_fraction": ("predicted", "mean"),
+        "true_positive_fraction": ("label", "mean"),
+    }
+    table = frame.groupby("patient_id", sort=True).agg(**aggregations).reset_index()
+    return table.astype({"patches": "int64", "positives": "int64"})
