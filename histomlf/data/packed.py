@@ -1,0 +1,258 @@
+"""Packed patch cache: every patch of a manifest decoded once into one raw uint8 file.
+
+Decoding 50x50 PNGs costs far more than the model needs to read them, so the first run decodes
+the whole manifest in parallel (with the pipeline's own decode + padding, hence the same pixels)
+into `patches.u8` (N x 50 x 50 x 3, row order = manifest order) beside `labels.npy` and
+`paths.txt`. Later epochs and runs read patches by row index with positional reads (`os.preadv`)
+into fresh buffers: nothing is memory-mapped, so resident memory stays flat however large the
+file is (a touched mmap would count its file pages in RSS).
+
+The cache folder is named by a digest of the manifest's content columns and is built in a
+temporary folder that is renamed into place only when complete, so a crash never leaves a
+half-written cache under the real name. One cache serves every split: `subset(rows)` maps a
+split's rows to file rows by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histomlf.data.patches import CHANNELS, PATCH_SIZE
+
+FORMAT_VERSION = 1
+PATCH_SHAPE = (PATCH_SIZE, PATCH_SIZE, CHANNELS)
+ROW_BYTES = PATCH_SIZE * PATCH_SIZE * CHANNELS
+DIGEST_COLUMNS = ("path", "label", "width", "height")
+PATCHES_FILE = "patches.u8"
+LABELS_FILE = "labels.npy"
+PATHS_FILE = "paths.txt"
+META_FILE = "meta.json"
+BUILD_BATCH = 512
+
+
+class PackedCacheError(RuntimeError):
+    """A packed cache folder is incomplete or inconsistent; the message says what is wrong."""
+
+
+def default_cache_dir() -> Path:
+    """`$HISTOMLF_CACHE/packed`, else `./.histomlf-cache/packed`."""
+    root = os.environ.get("HISTOMLF_CACHE")
+    return Path(root) / "packed" if root else Path.cwd() / ".histomlf-cache" / "packed"
+
+
+def manifest_digest(rows: pd.DataFrame) -> str:
+    """SHA-256 of the rows' content columns (path, label and, when present, width/height).
+
+    Same manifest rows in the same order, same digest; any added, removed, relabelled or
+    reordered row gives a new cache.
+    """
+    if "path" not in rows.columns or "label" not in rows.columns:
+        raise ValueError("a manifest needs 'path' and 'label' columns")
+    columns = [c for c in DIGEST_COLUMNS if c in rows.columns]
+    text = rows[columns[0]].astype(str)
+    for column in columns[1:]:
+        text = text + "\t" + rows[column].astype(str)
+    digest = hashlib.sha256(f"packed-v{FORMAT_VERSION}:{len(rows)}:{','.join(columns)}\n".encode())
+    digest.update("\n".join(text.tolist()).encode())
+    return digest.hexdigest()
+
+
+class PackedPatches:
+    """Random access to the patches of one packed cache, through a row-index view.
+
+    `len(self)` and positions passed to `read` refer to the view's rows: the whole file when
+    opened, a split's rows after `subset(rows)`.
+    """
+
+    def __init__(self, directory: Path, index: np.ndarray | None = None) -> None:
+        self.directory = Path(directory)
+        meta = _read_meta(self.directory)
+        self.digest: str = meta["digest"]
+        self.file_rows: int = int(meta["count"])
+        self._all_labels = np.load(self.directory / LABELS_FILE)
+        if index is None:
+            index = np.arange(self.file_rows, dtype=np.int64)
+        self._index = np.asarray(index, dtype=np.int64)
+        self._fd = os.open(self.directory / PATCHES_FILE, os.O_RDONLY)
+        self._paths: pd.Index | None = None
+
+    @classmethod
+    def open(cls, directory: str | Path) -> PackedPatches:
+        """Open a complete cache folder; raises `PackedCacheError` if it is not one."""
+        return cls(Path(directory))
+
+    @classmethod
+    def build_or_open(
+        cls, rows: pd.DataFrame, cache_dir: str | Path | None = None
+    ) -> PackedPatches:
+        """Open the cache of `rows` under `cache_dir` (default `default_cache_dir()`), or build it.
+
+        A folder under the digest's name that fails validation is removed and rebuilt.
+        """
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        digest = manifest_digest(rows)
+        final = cache_dir / digest
+        if final.exists():
+            try:
+                return cls.open(final)
+            except PackedCacheError:
+                shutil.rmtree(final, ignore_errors=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:16]}-", dir=cache_dir))
+        try:
+            _write_cache(rows, staging, digest)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not final.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return cls.open(final)
+
+    def __len__(self) -> int:
+        return int(self._index.size)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels (uint8) of the view's rows, in view order."""
+        return self._all_labels[self._index]
+
+    @property
+    def paths(self) -> pd.Index:
+        """Path of every row of the file (not only the view), as an index for lookups."""
+        if self._paths is None:
+            text = (self.directory / PATHS_FILE).read_text()
+            self._paths = pd.Index(text.split("\n")[: self.file_rows])
+        return self._paths
+
+    def subset(self, rows: pd.DataFrame) -> PackedPatches:
+        """A view whose position i is `rows.iloc[i]`, found by path; every path must be packed."""
+        wanted = pd.Index(rows["path"].astype(str))
+        if len(wanted) == self.file_rows and wanted.equals(self.paths):
+            return PackedPatches(self.directory, None)
+        if not self.paths.is_unique:
+            raise ValueError(f"packed cache {self.digest[:12]} has duplicate paths")
+        positions = self.paths.get_indexer(wanted)
+        missing = int((positions < 0).sum())
+        if missing:
+            raise KeyError(f"{missing} of {len(rows)} rows not in packed cache {self.digest[:12]}")
+        view = PackedPatches(self.directory, positions)
+        view._paths = self._paths
+        return view
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Copy the patches at view `positions` into a new [k, 50, 50, 3] uint8 array.
+
+        Rows are read in file order, one positional read per run of consecutive rows (a whole
+        batch in evaluation order), then put back in the requested order.
+        """
+        file_rows = self._index[np.asarray(positions, dtype=np.int64).ravel()]
+        count = file_rows.size
+        order = np.argsort(file_rows, kind="stable")
+        sorted_rows = file_rows[order]
+        buffer = np.empty((count, ROW_BYTES), dtype=np.uint8)
+        target = memoryview(buffer).cast("B")
+        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        starts = np.concatenate(([0], breaks)).tolist()
+        ends = np.concatenate((breaks, [count])).tolist()
+        first_rows = sorted_rows[starts].tolist() if count else []
+        pread = os.preadv
+        for start, end, row in zip(starts, ends, first_rows, strict=True):
+            chunk = target[start * ROW_BYTES : end * ROW_BYTES]
+            if pread(self._fd, [chunk], row * ROW_BYTES) != len(chunk):
+                self._read_fully(chunk, row * ROW_BYTES)
+        if count and not np.array_equal(order, np.arange(count)):
+            unsorted = np.empty_like(buffer)
+            unsorted[order] = buffer
+            buffer = unsorted
+        return buffer.reshape((count, *PATCH_SHAPE))
+
+    def _read_fully(self, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise PackedCacheError(f"{self.directory}: short read at byte {offset + done}")
+            done += got
+
+    def close(self) -> None:
+        """Release the file descriptor (also done when the object is collected)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (OSError, AttributeError):
+            pass
+
+    def __repr__(self) -> str:
+        return f"PackedPatches({self.directory}, rows={len(self)} of {self.file_rows})"
+
+
+def _read_meta(directory: Path) -> dict:
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        count = int(meta["count"])
+        sizes_ok = (
+            meta.get("version") == FORMAT_VERSION
+            and meta.get("row_bytes") == ROW_BYTES
+            and (directory / PATCHES_FILE).stat().st_size == count * ROW_BYTES
+            and (directory / PATHS_FILE).is_file()
+            and np.load(directory / LABELS_FILE, mmap_mode="r").shape == (count,)
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PackedCacheError(f"{directory}: not a complete packed cache ({error})") from error
+    if not sizes_ok:
+        raise PackedCacheError(f"{directory}: packed cache files disagree with {META_FILE}")
+    return meta
+
+
+def _write_cache(rows: pd.DataFrame, directory: Path, digest: str) -> None:
+    """Decode every row of `rows` in parallel, with the pipeline's decoder, into `directory`."""
+    from histomlf.data.pipeline import make_dataset
+
+    dataset = make_dataset(rows, batch_size=BUILD_BATCH, training=False)
+    batches = (images for images, _ in dataset.as_numpy_iterator())
+    write_packed(directory, batches, rows["label"].to_numpy(), rows["path"].astype(str), digest)
+
+
+def write_packed(
+    directory: str | Path,
+    batches: Iterable[np.ndarray],
+    labels: np.ndarray,
+    paths: Iterable[str],
+    digest: str,
+) -> None:
+    """Write a cache folder from uint8 [k, 50, 50, 3] batches in row order; meta.json goes last.
+
+    `build_or_open` calls it on a staging folder; benchmarks use it to pack synthetic rows.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(directory / PATCHES_FILE, "wb") as handle:
+        for images in batches:
+            if images.dtype != np.uint8 or images.shape[1:] != PATCH_SHAPE:
+                raise PackedCacheError(f"want uint8 [k,50,50,3], got {images.dtype} {images.shape}")
+            handle.write(np.ascontiguousarray(images).data)
+            written += len(images)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if written != len(labels):
+        raise PackedCacheError(f"wrote {written} patches for {len(labels)} rows")
+    np.save(directory / LABELS_FILE, np.asarray(labels).astype(np.uint8))
+    (directory / PATHS_FILE).write_text("\n".join(paths))
+    meta = {"version": FORMAT_VERSION, "digest": digest, "count": written, "row_bytes": ROW_BYTES}
+    (directory / META_FILE).write_text(json.dumps(meta))

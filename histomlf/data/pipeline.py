@@ -1,0 +1,127 @@
+"""The tf.data input pipeline: manifest rows in, batches of (uint8 patches, float32 labels) out.
+
+Patches stream from disk, either as PNGs decoded in parallel (`decode_and_pad`, the same
+white bottom/right padding as `histomlf.data.patches.pad_to_patch`) or by row index from a
+`PackedPatches` cache. The pipeline stops at uint8: float conversion, resizing and each
+backbone's preprocessing live inside the model, so serving feeds it the same bytes.
+
+Training shuffles (seeded, a new order each epoch), balances and augments; evaluation yields
+every row exactly once in row order, last partial batch included, so predictions align with rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from histomlf.data.augment import augment_batch, check_augment
+from histomlf.data.balance import (
+    check_balance,
+    class_weights,
+    steps_per_epoch,
+    undersample_indices,
+)
+from histomlf.data.packed import PATCH_SHAPE, PackedPatches
+from histomlf.data.patches import PAD_VALUE, PATCH_SIZE
+
+__all__ = ["class_weights", "decode_and_pad", "make_dataset", "steps_per_epoch"]
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_and_pad(data: tf.Tensor) -> tf.Tensor:
+    """Decode PNG bytes to a 50x50x3 uint8 patch, padded white on the bottom/right.
+
+    Mirrors `pad_to_patch` (larger images are cropped to the top-left window). 8-bit RGB PNGs,
+    i.e. the whole Kaggle set, come out byte-identical to `decode_patch`.
+    """
+    image = tf.io.decode_png(data, channels=3)[:PATCH_SIZE, :PATCH_SIZE]
+    shape = tf.shape(image)
+    padding = [[0, PATCH_SIZE - shape[0]], [0, PATCH_SIZE - shape[1]], [0, 0]]
+    image = tf.pad(image, padding, constant_values=PAD_VALUE)
+    return tf.ensure_shape(image, PATCH_SHAPE)
+
+
+def make_dataset(
+    rows: pd.DataFrame,
+    *,
+    batch_size: int,
+    training: bool,
+    augment: str = "none",
+    balance: str = "none",
+    seed: int = 0,
+    packed: PackedPatches | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Batches of `(images uint8 [B, 50, 50, 3], labels float32 [B])` for `rows`.
+
+    training=True: rows shuffled with `seed` (new order each epoch, same sequence of orders
+    for the same seed), `balance="undersample"` draws a balanced subset each epoch, `augment`
+    is applied per batch. training=False: row order, each row once, no augmentation or balance.
+    `packed` (a cache holding every row's path) replaces PNG decoding by file reads.
+    `repeat=True` repeats epochs forever (use `steps_per_epoch`).
+    """
+    check_augment(augment)
+    check_balance(balance)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    labels = rows["label"].to_numpy().astype(np.int64)
+    indices = _epoch_indices(labels, training=training, balance=balance, seed=seed)
+    labels_t = tf.constant(labels.astype(np.float32))
+    if packed is not None:
+        dataset = _packed_batches(indices, packed.subset(rows), labels, labels_t, batch_size)
+    else:
+        dataset = _png_batches(indices, rows["path"].astype(str).to_numpy(), labels_t, batch_size)
+    if training and augment != "none":
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, batch_seed: (augment_batch(batch[0], batch_seed, augment), batch[1]),
+            num_parallel_calls=AUTOTUNE,
+        )
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.prefetch(AUTOTUNE)
+
+
+def _epoch_indices(
+    labels: np.ndarray, *, training: bool, balance: str, seed: int
+) -> tf.data.Dataset:
+    """Row indices of one epoch: row order for evaluation, shuffled/balanced for training."""
+    if training and balance == "undersample":
+        return undersample_indices(labels, seed)
+    indices = tf.data.Dataset.range(len(labels))
+    if training:
+        indices = indices.shuffle(max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
+    return indices
+
+
+def _png_batches(
+    indices: tf.data.Dataset, paths: np.ndarray, labels: tf.Tensor, batch_size: int
+) -> tf.data.Dataset:
+    paths_t = tf.constant(paths)
+
+    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = decode_and_pad(tf.io.read_file(tf.gather(paths_t, index)))
+        return image, tf.gather(labels, index)
+
+    return indices.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+
+
+def _packed_batches(
+    indices: tf.data.Dataset,
+    view: PackedPatches,
+    labels: np.ndarray,
+    labels_t: tf.Tensor,
+    batch_size: int,
+) -> tf.data.Dataset:
+    if not np.array_equal(view.labels.astype(np.int64), labels):
+        raise ValueError("the packed cache's labels disagree with the rows' labels")
+
+    def load(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch = tf.sort(batch)  # order inside a batch is irrelevant; file order reads fastest
+        images = tf.numpy_function(view.read, [batch], tf.uint8, stateful=False)
+        images = tf.ensure_shape(images, (None, *PATCH_SHAPE))
+        return images, tf.gather(labels_t, batch)
+
+    return indices.batch(batch_size).map(load, num_parallel_calls=AUTOTUNE)
