@@ -1,0 +1,330 @@
+"""The model registry: register each trained model, and gate who becomes `champion`.
+
+Aliases, not stages (deprecated in MLflow 3). `models:/NAME@champion` is what gets served;
+`challenger` marks the latest model that was registered but not promoted. A new version takes
+`champion` automatically only when the comparison is fair: the current champion is re-scored
+on the same data and the same patient split (equal `data_digest` and `split_digest` tags) and
+the new score is strictly better. Across different data or splits the numbers are not
+comparable, so the new version waits as `challenger` with a `gate_reason` and a human decides
+(`promote`). Every decision is written on the version as tags, so the registry explains itself.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DIGEST_KEYS = ("data_digest", "split_digest")
+GIT_COMMIT_TAG = "git_commit"
+_RUN_GIT_TAG = "mlflow.source.git.commit"
+
+HIGHER_IS_BETTER = frozenset(
+    {
+        "roc_auc", "auc", "pr_auc", "average_precision", "f1", "accuracy",
+        "balanced_accuracy", "precision", "recall", "sensitivity", "specificity", "mcc",
+        "kappa", "cohen_kappa", "youden", "youden_j",
+    }
+)  # fmt: skip
+LOWER_IS_BETTER = frozenset({"loss", "log_loss", "brier", "brier_score", "ece", "error_rate"})
+_METRIC_PREFIXES = ("test_", "val_", "eval_")
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done (unknown model, version or alias); one line."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate did with a new version, and why (also written on the version as tags)."""
+
+    name: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    gate_metric: str
+    new_score: float
+    champion_version: str | None = None
+    champion_score: float | None = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as `histomlf registry list` shows it."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    created: str
+    run_id: str | None
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a gate metric (`test_`/`val_` prefixes allowed); unknown names are refused."""
+    base = metric
+    for prefix in _METRIC_PREFIXES:
+        base = base.removeprefix(prefix)
+    if base in HIGHER_IS_BETTER:
+        return True
+    if base in LOWER_IS_BETTER:
+        return False
+    raise RegistryError(
+        f"unknown gate metric {metric!r}: higher is better for "
+        f"{', '.join(sorted(HIGHER_IS_BETTER))}; lower for {', '.join(sorted(LOWER_IS_BETTER))}"
+    )
+
+
+def is_better(metric: str, new: float, old: float) -> bool:
+    """Strictly better in the metric's direction; NaN is never better."""
+    if math.isnan(new) or math.isnan(old):
+        return False
+    return new > old if higher_is_better(metric) else new < old
+
+
+def register_and_gate(
+    run_id: str | None,
+    model_uri: str,
+    name: str,
+    *,
+    gate_metric: str,
+    new_score: float,
+    digests: Mapping[str, str],
+    tags: Mapping[str, str],
+    score_champion: Callable[[str], float],
+) -> GateDecision:
+    """Register `model_uri` as a new version of `name` and decide `champion` vs `challenger`.
+
+    `score_champion(model_uri)` re-scores the current champion on the new model's split; it is
+    only called when both digests match. A champion that cannot be re-scored, a NaN score or
+    different digests never lose their alias automatically.
+    """
+    higher_is_better(gate_metric)  # refuse an unknown metric before registering anything
+    missing = [key for key in DIGEST_KEYS if not digests.get(key)]
+    if missing:
+        raise RegistryError(f"digests must give {', '.join(DIGEST_KEYS)}; missing {missing}")
+    client = MlflowClient()
+    version_tags = {
+        **{key: str(value) for key, value in tags.items()},
+        **{key: str(digests[key]) for key in DIGEST_KEYS},
+        "gate_metric": gate_metric,
+        "gate_score": repr(float(new_score)),
+    }
+    if run_id:
+        version_tags["run_id"] = run_id
+    version_tags.setdefault(GIT_COMMIT_TAG, _run_git_commit(client, run_id))
+    registered = mlflow.register_model(model_uri, name, tags=version_tags)
+    version = str(registered.version)
+
+    decision = _decide(
+        client, name, version, gate_metric, float(new_score), digests, score_champion
+    )
+    gate_tags = {
+        "gate_decision": decision.alias,
+        "gate_reason": decision.reason,
+        "gated_at": _now(),
+    }
+    if decision.champion_version is not None:
+        gate_tags["gate_champion_version"] = decision.champion_version
+    if decision.champion_score is not None:
+        gate_tags["gate_champion_score"] = repr(decision.champion_score)
+    for key, value in gate_tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if decision.promoted:
+        promote(name, version, by="gate", reason=decision.reason)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return decision
+
+
+def _decide(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    metric: str,
+    new_score: float,
+    digests: Mapping[str, str],
+    score_champion: Callable[[str], float],
+) -> GateDecision:
+    def decide(
+        promoted: bool, reason: str, champion: str | None = None, score: float | None = None
+    ) -> GateDecision:
+        alias = CHAMPION if promoted else CHALLENGER
+        return GateDecision(name, version, alias, promoted, reason, metric, new_score, champion,
+                            score)  # fmt: skip
+
+    champion_version = _aliases(client, name).get(CHAMPION)
+    if math.isnan(new_score):
+        return decide(False, f"new {metric} is NaN", champion_version)
+    if champion_version is None:
+        return decide(True, f"no champion yet: first gated version ({metric} {new_score:.6g})")
+    champion = client.get_model_version(name, champion_version)
+    differing = [key for key in DIGEST_KEYS if champion.tags.get(key) != str(digests[key])]
+    if differing:
+        details = "; ".join(
+            f"{key} champion {champion.tags.get(key, '(none)')} vs new {digests[key]}"
+            for key in differing
+        )
+        return decide(
+            False,
+            f"not compared with champion v{champion_version}: different {', '.join(differing)} "
+            f"({details}); scores on other data are not comparable, promote by hand",
+            champion_version,
+        )
+    try:
+        champion_score = float(score_champion(f"models:/{name}/{champion_version}"))
+    except Exception as error:  # noqa: BLE001 - any failure keeps the champion in place
+        return decide(
+            False,
+            f"could not re-score champion v{champion_version}: {type(error).__name__}: {error}",
+            champion_version,
+        )
+    direction = "higher" if higher_is_better(metric) else "lower"
+    if is_better(metric, new_score, champion_score):
+        return decide(
+            True,
+            f"{metric} {new_score:.6g} beats champion v{champion_version}'s {champion_score:.6g} "
+            f"on the same split ({direction} is better)",
+            champion_version,
+            champion_score,
+        )
+    return decide(
+        False,
+        f"{metric} {new_score:.6g} does not beat champion v{champion_version}'s "
+        f"{champion_score:.6g} on the same split ({direction} is better)",
+        champion_version,
+        champion_score,
+    )
+
+
+def list_versions(name: str) -> list[VersionInfo]:
+    """All versions of `name`, oldest first, with their aliases and tags."""
+    client = MlflowClient()
+    aliases_by_version: dict[str, list[str]] = {}
+    for alias, version in _aliases(client, name).items():
+        aliases_by_version.setdefault(version, []).append(alias)
+    quoted = name.replace("'", "\\'")
+    versions = client.search_model_versions(f"name = '{quoted}'")
+    return [
+        VersionInfo(
+            name=name,
+            version=str(v.version),
+            aliases=tuple(sorted(aliases_by_version.get(str(v.version), []))),
+            created=_iso(v.creation_timestamp),
+            run_id=v.run_id,
+            source=v.source,
+            tags=dict(v.tags),
+        )
+        for v in sorted(versions, key=lambda v: int(v.version))
+    ]
+
+
+def promote(
+    name: str, version: str | int, *, by: str | None = None, reason: str = ""
+) -> str | None:
+    """Make `version` the champion; returns the previous champion's version (or None).
+
+    The new champion gets `promoted_by`/`promoted_at` (and `promotion_reason`) tags and loses
+    its `challenger` alias; the previous champion gets `replaced_by`/`replaced_at`.
+    """
+    client = MlflowClient()
+    aliases = _aliases(client, name)
+    version = str(_model_version(client, name, version).version)
+    previous = aliases.get(CHAMPION)
+    when, who = _now(), by or _user()
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promoted_by", who)
+    client.set_model_version_tag(name, version, "promoted_at", when)
+    if reason:
+        client.set_model_version_tag(name, version, "promotion_reason", reason)
+    if aliases.get(CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    if previous is not None and previous != version:
+        client.set_model_version_tag(name, previous, "replaced_by", version)
+        client.set_model_version_tag(name, previous, "replaced_at", when)
+        return previous
+    return None
+
+
+def demote(name: str, alias: str = CHAMPION, *, by: str | None = None) -> str:
+    """Remove `alias` from the version holding it; returns that version. Tags who and when."""
+    client = MlflowClient()
+    aliases = _aliases(client, name)
+    if alias not in aliases:
+        held = ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"
+        raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {held})")
+    version = aliases[alias]
+    client.delete_registered_model_alias(name, alias)
+    client.set_model_version_tag(name, version, "demoted_from", alias)
+    client.set_model_version_tag(name, version, "demoted_by", by or _user())
+    client.set_model_version_tag(name, version, "demoted_at", _now())
+    return version
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """alias -> version (as a string: the sqlite store hands back ints)."""
+    return {alias: str(v) for alias, v in _registered_model(client, name).aliases.items()}
+
+
+def _registered_model(client: MlflowClient, name: str):
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    known = sorted(m.name for m in client.search_registered_models(max_results=100))
+    raise RegistryError(
+        f"no registered model named {name!r} (known: {', '.join(known) or 'none'})"
+    ) from None
+
+
+def _model_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    if not str(version).isdigit():
+        raise RegistryError(f"a model version is a number, got {version!r}")
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    known = [v.version for v in list_versions(name)]
+    raise RegistryError(
+        f"model {name!r} has no version {version} (versions: {', '.join(known) or 'none'})"
+    ) from None
+
+
+def _run_git_commit(client: MlflowClient, run_id: str | None) -> str:
+    if not run_id:
+        return "unknown"
+    try:
+        return client.get_run(run_id).data.tags.get(_RUN_GIT_TAG, "unknown")
+    except MlflowException:
+        return "unknown"
+
+
+def _user() -> str:
+    try:
+        return os.environ.get("HISTOMLF_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _iso(millis: int | None) -> str:
+    if not millis:
+        return ""
+    return datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(timespec="seconds")
