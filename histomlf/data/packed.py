@@ -158,6 +158,8 @@ class PackedPatches:
         """
         file_rows = self._index[np.asarray(positions, dtype=np.int64).ravel()]
         count = file_rows.size
+        if count == 0:
+            return np.empty((0, *PATCH_SHAPE), dtype=np.uint8)
         order = np.argsort(file_rows, kind="stable")
         sorted_rows = file_rows[order]
         buffer = np.empty((count, ROW_BYTES), dtype=np.uint8)
@@ -165,13 +167,13 @@ class PackedPatches:
         breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
         starts = np.concatenate(([0], breaks)).tolist()
         ends = np.concatenate((breaks, [count])).tolist()
-        first_rows = sorted_rows[starts].tolist() if count else []
+        first_rows = sorted_rows[starts].tolist()
         pread = os.preadv
         for start, end, row in zip(starts, ends, first_rows, strict=True):
             chunk = target[start * ROW_BYTES : end * ROW_BYTES]
             if pread(self._fd, [chunk], row * ROW_BYTES) != len(chunk):
                 self._read_fully(chunk, row * ROW_BYTES)
-        if count and not np.array_equal(order, np.arange(count)):
+        if not np.array_equal(order, np.arange(count)):
             unsorted = np.empty_like(buffer)
             unsorted[order] = buffer
             buffer = unsorted
