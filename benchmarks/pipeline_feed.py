@@ -1,0 +1,249 @@
+"""How fast `make_dataset` feeds patches, against two baselines measured in the same run.
+
+    .venv/bin/python benchmarks/pipeline_feed.py --json feed.json            # full run
+    .venv/bin/python benchmarks/pipeline_feed.py --warm-rows 0 --rss-rows 0  # sample only
+
+Baselines: a PIL loop into a numpy array (one core), and plain tf.data (`read_file` +
+`decode_png` per file, parallel map, batch, prefetch). Variants: cold (decoding the sample's
+PNGs), warm (reading a packed cache: the sample tiled to `--warm-rows` rows) without, with light
+and with strong augmentation. Each rate is the best of `--repeats` timed passes of at least
+`--min-seconds`, so a neighbour's burst on a shared machine costs less. `--rss-rows` also
+compares the peak RSS of one warm epoch over a 2k-row and an N-row packed file, each in a fresh
+process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from histomlf.data.packed import PackedPatches, manifest_digest, write_packed  # noqa: E402
+from histomlf.data.patches import pad_to_patch  # noqa: E402
+from histomlf.data.pipeline import decode_and_pad, make_dataset  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SAMPLE = Path(
+    os.environ.get("HISTOMLF_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "idc-sample")
+)
+NAME = re.compile(r"(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
+
+
+def sample_manifest(root: Path) -> pd.DataFrame:
+    """Manifest rows for every PNG under `root` (Kaggle file names), sorted by path."""
+    records = []
+    for path in sorted(root.rglob("*.png")):
+        match = NAME.search(path.name)
+        if match is None:
+            continue
+        with Image.open(path) as image:
+            width, height = image.size
+        records.append(
+            {
+                "path": str(path.resolve()),
+                "patient_id": match[1],
+                "x": int(match[2]),
+                "y": int(match[3]),
+                "label": int(match[4]),
+                "width": width,
+                "height": height,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def rate(run_once: Callable[[], int], repeats: int, min_seconds: float) -> float:
+    """Best patches/s over `repeats` timed passes; a pass loops `run_once` for >= min_seconds."""
+    best = 0.0
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while True:
+            count += run_once()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = max(best, count / elapsed)
+    return best
+
+
+def drain(dataset: tf.data.Dataset) -> int:
+    """Iterate one epoch, return how many patches came out."""
+    return sum(int(labels.shape[0]) for _, labels in dataset)
+
+
+def pil_loop(paths: list[str]) -> int:
+    out = np.empty((len(paths), 50, 50, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            out[i] = pad_to_patch(np.asarray(image.convert("RGB")))
+    return len(paths)
+
+
+def plain_tfdata(paths: list[str], batch_size: int) -> tf.data.Dataset:
+    return (
+        tf.data.Dataset.from_tensor_slices((paths, np.zeros(len(paths), np.float32)))
+        .map(
+            lambda p, y: (decode_and_pad(tf.io.read_file(p)), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def tiled_packed(
+    rows: pd.DataFrame, target_rows: int, directory: Path
+) -> tuple[pd.DataFrame, PackedPatches]:
+    """A packed cache of `target_rows` rows made by repeating the sample's patches (unique fake
+    paths), written directly so building it costs no decoding."""
+    source = make_dataset(rows, batch_size=len(rows), training=False)
+    images = next(iter(source.as_numpy_iterator()))[0]
+    repeats = -(-target_rows // len(rows))
+    big = pd.concat([rows] * repeats, ignore_index=True).iloc[:target_rows].copy()
+    big["path"] = [f"{p}#{i}" for i, p in enumerate(big["path"])]
+
+    def batches() -> Iterable[np.ndarray]:
+        left = target_rows
+        while left > 0:
+            yield images[: min(left, len(images))]
+            left -= min(left, len(images))
+
+    write_packed(directory, batches(), big["label"].to_numpy(), big["path"], manifest_digest(big))
+    return big, PackedPatches.open(directory)
+
+
+def rss_child(directory: str, batch_size: int) -> None:
+    """Run in a fresh process: one warm training epoch over a packed file, print peak RSS."""
+    packed = PackedPatches.open(directory)
+    rows = pd.DataFrame({"path": list(packed.paths), "label": packed.labels.astype(int)})
+    dataset = make_dataset(rows, batch_size=batch_size, training=True, packed=packed)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    count = drain(dataset)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {"rows": count, "peak_rss_mb_before": before / 1024, "peak_rss_mb": after / 1024}
+        )
+    )
+
+
+def measure_rss(rows: pd.DataFrame, big_rows: int, batch_size: int, workdir: Path) -> dict:
+    results = {}
+    for size in (2000, big_rows):
+        directory = workdir / f"rss-{size}"
+        tiled_packed(rows, size, directory)
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rss-child",
+                str(directory),
+                "--batch-size",
+                str(batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        results[size] = json.loads(child.stdout.strip().splitlines()[-1])
+        for name in os.listdir(directory):
+            os.remove(directory / name)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--warm-rows", type=int, default=50_000, help="tiled packed rows (0: sample)"
+    )
+    parser.add_argument("--rss-rows", type=int, default=200_000, help="0 skips the RSS check")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.batch_size)
+        return
+
+    rows = sample_manifest(args.sample)
+    paths = rows["path"].tolist()
+    bs, reps, secs = args.batch_size, args.repeats, args.min_seconds
+    results: dict[str, object] = {
+        "rows_sample": len(rows),
+        "batch_size": bs,
+        "cpus": os.cpu_count(),
+    }
+    rates: dict[str, float] = {}
+    rates["baseline_pil_loop"] = rate(lambda: pil_loop(paths), reps, secs)
+    baseline = plain_tfdata(paths, bs)
+    rates["baseline_tfdata_read_decode"] = rate(lambda: drain(baseline), reps, secs)
+    cold = make_dataset(rows, batch_size=bs, training=True, seed=1)
+    rates["cold_png_train"] = rate(lambda: drain(cold), reps, secs)
+    with tempfile.TemporaryDirectory(prefix="histomlf-feed-") as tmp:
+        workdir = Path(tmp)
+        start = time.perf_counter()
+        packed = PackedPatches.build_or_open(rows, workdir / "cache")
+        results["packed_build_seconds_sample"] = time.perf_counter() - start
+        if args.warm_rows:
+            warm_rows, packed = tiled_packed(rows, args.warm_rows, workdir / "tiled")
+        else:
+            warm_rows = rows
+        results["rows_warm"] = len(warm_rows)
+        for augment in ("none", "light", "strong"):
+            warm = make_dataset(
+                warm_rows, batch_size=bs, training=True, augment=augment, seed=1, packed=packed
+            )
+            rates[f"warm_packed_train_{augment}"] = rate(lambda d=warm: drain(d), reps, secs)
+        big_batch = make_dataset(warm_rows, batch_size=4 * bs, training=True, seed=1, packed=packed)
+        rates[f"warm_packed_train_none_bs{4 * bs}"] = rate(lambda: drain(big_batch), reps, secs)
+        warm_eval = make_dataset(warm_rows, batch_size=bs, training=False, packed=packed)
+        rates["warm_packed_eval"] = rate(lambda: drain(warm_eval), reps, secs)
+        packed.close()
+        if args.rss_rows:
+            results["rss"] = measure_rss(rows, args.rss_rows, bs, workdir)
+    results["patches_per_second"] = rates
+    results["ratios"] = {
+        "warm_none_vs_tfdata": rates["warm_packed_train_none"]
+        / rates["baseline_tfdata_read_decode"],
+        "cold_vs_pil_loop": rates["cold_png_train"] / rates["baseline_pil_loop"],
+        "tfdata_vs_pil_loop": rates["baseline_tfdata_read_decode"] / rates["baseline_pil_loop"],
+    }
+    results["targets_met"] = {
+        "warm_none_100k": rates["warm_packed_train_none"] >= 100_000,
+        "warm_none_10x_tfdata": results["ratios"]["warm_none_vs_tfdata"] >= 10,
+        "warm_light_10k": rates["warm_packed_train_light"] >= 10_000,
+        "cold_1.5x_pil": results["ratios"]["cold_vs_pil_loop"] >= 1.5,
+    }
+    for name, value in rates.items():
+        print(f"{name:32s} {value:12,.0f} patches/s")
+    for name, value in results["ratios"].items():
+        print(f"{name:32s} {value:12.2f} x")
+    if "rss" in results:
+        for size, info in results["rss"].items():
+            print(f"peak RSS, one warm epoch, {size:>7,} packed rows: {info['peak_rss_mb']:.0f} MB")
+    print(json.dumps(results, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
