@@ -25,6 +25,9 @@ SERVE_START_TIMEOUT_S = 150.0
 REQUEST_TIMEOUT_S = 60.0
 
 
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
 @dataclass(frozen=True)
 class TmpStore:
     """A tracking store under a test's tmp_path: sqlite backend, artifacts beside it."""
@@ -33,18 +36,48 @@ class TmpStore:
     experiment_id: str
     artifact_root: Path
 
+    def start_run(self, **kwargs: Any) -> Any:
+        """`mlflow.start_run` in this store's experiment (no process-wide `set_experiment`)."""
+        import mlflow
 
-def use_tmp_store(tmp_path: Path, experiment: str = "tests") -> TmpStore:
-    """Point MLflow (this process) at `sqlite:///<tmp_path>/mlflow.db` with a tmp artifact root."""
+        return mlflow.start_run(experiment_id=self.experiment_id, **kwargs)
+
+
+@contextlib.contextmanager
+def isolated_tracking() -> Iterator[None]:
+    """Undo process-wide MLflow state on exit: the tracking/registry URIs and their env vars.
+
+    `mlflow.set_tracking_uri` also exports `MLFLOW_TRACKING_URI`, so without this one test's
+    store would leak into every later test and subprocess.
+    """
     import mlflow
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    artifact_root = tmp_path / "artifacts"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri())
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return TmpStore(uri, experiment_id, artifact_root)
+    saved = {key: os.environ.get(key) for key in _MLFLOW_ENV}
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def tmp_store(tmp_path: Path, experiment: str = "tests") -> Iterator[TmpStore]:
+    """Point MLflow at `sqlite:///<tmp_path>/mlflow.db` (artifacts under tmp_path) while open."""
+    import mlflow
+
+    with isolated_tracking():
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        artifact_root = tmp_path / "artifacts"
+        mlflow.set_tracking_uri(uri)
+        experiment_id = mlflow.create_experiment(
+            experiment, artifact_location=artifact_root.as_uri()
+        )
+        yield TmpStore(uri, experiment_id, artifact_root)
 
 
 def tiny_keras_model(seed: int = 0, filters: int = 4) -> Any:

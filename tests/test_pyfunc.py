@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_mlflow import keras_probabilities, sample_patches, tiny_keras_model, use_tmp_store
+from helpers_mlflow import keras_probabilities, sample_patches, tiny_keras_model, tmp_store
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
@@ -30,12 +30,13 @@ THRESHOLD = 0.4985
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory, idc_sample: Path):
     """One tiny Keras model logged once in a tmp sqlite store, plus the real patches to score."""
-    tmp_path = tmp_path_factory.mktemp("pyfunc")
-    use_tmp_store(tmp_path)
-    keras_model = tiny_keras_model(seed=0)
-    with mlflow.start_run() as run:
-        info = log_patch_classifier(keras_model, threshold=THRESHOLD, metadata={"model": "tiny"})
-    return keras_model, info, run.info.run_id, sample_patches(idc_sample)
+    with tmp_store(tmp_path_factory.mktemp("pyfunc")) as store:
+        keras_model = tiny_keras_model(seed=0)
+        with store.start_run() as run:
+            info = log_patch_classifier(
+                keras_model, threshold=THRESHOLD, metadata={"model": "tiny"}
+            )
+        yield keras_model, info, run.info.run_id, sample_patches(idc_sample)
 
 
 def b64_file(path: Path) -> str:

@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers_mlflow import sample_patches, tiny_keras_model, use_tmp_store
+from helpers_mlflow import (
+    TmpStore,
+    isolated_tracking,
+    sample_patches,
+    tiny_keras_model,
+    tmp_store,
+)
 from sklearn.metrics import roc_auc_score
 
 from histomlf.tracking.pyfunc import log_patch_classifier
@@ -35,8 +41,12 @@ DIGESTS = {"data_digest": "d" * 16, "split_digest": "s" * 16}
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, idc_sample: Path):
     """A tmp store, real patches with labels, and three logged models ordered worst..best."""
-    tmp_path = tmp_path_factory.mktemp("registry")
-    store = use_tmp_store(tmp_path)
+    with tmp_store(tmp_path_factory.mktemp("registry")) as store:
+        yield store, *scored_models(store, idc_sample)
+
+
+def scored_models(store: TmpStore, idc_sample: Path):
+    """A scoring function (ROC AUC on real patches) and four logged models, worst first."""
     paths = sample_patches(idc_sample, full=60, border=4)
     frame = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in paths]})
     labels = np.array([int("class1" in p.name) for p in paths])
@@ -48,13 +58,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, idc_sample: Path):
 
     logged = []
     for seed in range(4):
-        with mlflow.start_run() as run:
+        with store.start_run() as run:
             info = log_patch_classifier(tiny_keras_model(seed=seed, filters=8), threshold=0.5)
         logged.append((score(info.model_uri), run.info.run_id, info.model_uri))
     logged.sort()
     scores = [s for s, _, _ in logged]
     assert len(set(scores)) == len(scores), scores
-    return store, score, logged
+    return score, logged
 
 
 def gate(world, index: int, digests=DIGESTS, score_champion=None, name=NAME):
@@ -183,6 +193,7 @@ def test_cli_lists_promotes_and_demotes(world) -> None:
     runner = CliRunner()
 
     def run(*args: str):
+        # The CLI sets the process-wide tracking URI to the same store; the fixture restores it.
         return runner.invoke(registry, ["--tracking-uri", store.tracking_uri, *args])
 
     listed = run("list", "idc-cli")
@@ -214,8 +225,9 @@ def test_cli_fails_fast_on_a_dead_tracking_server() -> None:
 
     from histomlf.cli.registry import registry
 
-    result = CliRunner().invoke(
-        registry, ["--tracking-uri", f"http://127.0.0.1:{free_port()}", "list", "x"]
-    )
+    with isolated_tracking():
+        result = CliRunner().invoke(
+            registry, ["--tracking-uri", f"http://127.0.0.1:{free_port()}", "list", "x"]
+        )
     assert result.exit_code == 1
     assert "did not answer" in result.output

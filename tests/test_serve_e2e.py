@@ -12,12 +12,13 @@ import mlflow
 import numpy as np
 import pytest
 from helpers_mlflow import (
+    TmpStore,
     keras_probabilities,
     post_json,
     sample_patches,
     serve,
     tiny_keras_model,
-    use_tmp_store,
+    tmp_store,
 )
 from PIL import Image
 from test_serving_inputs import bomb_png
@@ -47,9 +48,13 @@ def request(*images: str, column: str = "image") -> dict:
 def test_served_champion_scores_like_keras_and_refuses_bad_requests(
     tmp_path: Path, idc_sample: Path
 ) -> None:
-    store = use_tmp_store(tmp_path)
+    with tmp_store(tmp_path) as store:
+        served_and_checked(store, tmp_path, idc_sample)
+
+
+def served_and_checked(store: TmpStore, tmp_path: Path, idc_sample: Path) -> None:
     keras_model = tiny_keras_model(seed=1)
-    with mlflow.start_run():
+    with store.start_run():
         info = log_patch_classifier(keras_model, threshold=0.5, limits={"max_images": MAX_IMAGES})
     version = mlflow.register_model(info.model_uri, "idc-e2e")
     mlflow.MlflowClient().set_registered_model_alias("idc-e2e", "champion", version.version)
@@ -92,12 +97,17 @@ def test_served_champion_scores_like_keras_and_refuses_bad_requests(
             assert message in reply.json()["message"], (kind, reply.body)
             assert reply.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), kind
 
-        started = time.monotonic()
-        again = post_json(f"{server.url}/invocations", request(good_png))
-        single = time.monotonic() - started
-        assert again.status == 200, again.body
-        assert again.json()["predictions"][0]["probability"] == pytest.approx(served[0], abs=1e-5)
+        timings = []
+        for _ in range(10):
+            started = time.monotonic()
+            again = post_json(f"{server.url}/invocations", request(good_png))
+            timings.append(time.monotonic() - started)
+            assert again.status == 200, again.body
+            assert again.json()["predictions"][0]["probability"] == pytest.approx(
+                served[0], abs=1e-5
+            )
         print(
             f"\nserve startup {server.startup_s:.1f} s; first request ({len(paths)} patches) "
-            f"{latency * 1000:.0f} ms; single-patch request {single * 1000:.0f} ms"
+            f"{latency * 1000:.0f} ms; single-patch request median "
+            f"{np.median(timings) * 1000:.0f} ms (max {max(timings) * 1000:.0f} ms)"
         )
