@@ -233,3 +233,40 @@ def test_optimizers_by_name(name: str) -> None:
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match="adam"):
         make_optimizer("lion", 0.01)
+
+
+def real_patches(sample_dir: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` full-size 50x50 patches of each class from the real sample (`class<C>`)."""
+    from PIL import Image
+
+    chosen: dict[float, list[np.ndarray]] = {0.0: [], 1.0: []}
+    for path in sorted(sample_dir.rglob("*.png")):
+        label = float(path.stem.rsplit("class", 1)[1])
+        if len(chosen[label]) < per_class:
+            with Image.open(path) as image:
+                if image.size == (50, 50):
+                    chosen[label].append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        if all(len(images) == per_class for images in chosen.values()):
+            break
+    labels = np.repeat([0.0, 1.0], per_class).astype(np.float32)
+    return np.stack(chosen[0.0] + chosen[1.0]), labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "resnet50"])
+def test_study_backbones_fine_tune_one_step_on_real_patches(
+    name: str, idc_sample: Path, tmp_path: Path
+) -> None:
+    x, y = real_patches(idc_sample, 4)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(8, seed=0).batch(4)
+    model = create_model(name)
+    before = backbone_weights(model)
+    config = tiny_config(model=name, fine_tune_epochs=1, fine_tune_layers=3, learning_rate=1e-4)
+    result = fit(
+        model, config, data.repeat(), data, steps_per_epoch=1, work_dir=tmp_path, verbose=0
+    )
+    assert result.epochs == [0, 1] and result.phases == [1, 2]
+    bn = [layer.name for layer in backbone_layers(model) if "bn" in layer.name]
+    if bn:  # ResNet50: BatchNorm statistics move in phase 1 (random weights) only
+        assert not same(before[bn[0]], backbone_weights(model)[bn[0]])
+    assert np.isfinite(result.history["val_loss"]).all()
