@@ -7,7 +7,8 @@ Baselines: a PIL loop into a numpy array (one core), and plain tf.data (`read_fi
 `decode_png` per file, parallel map, batch, prefetch). Variants: cold (decoding the sample's
 PNGs), warm (reading a packed cache: the sample tiled to `--warm-rows` rows) without, with light
 and with strong augmentation. Each rate is the best of `--repeats` timed passes of at least
-`--min-seconds`, so a neighbour's burst on a shared machine costs less. `--rss-rows` also
+`--min-seconds`, so a neighbour's burst on a shared machine costs less; datasets are drained
+in-graph (`Dataset.reduce`), the way `model.fit` consumes them. `--rss-rows` also
 compares the peak RSS of one warm epoch over a 2k-row and an N-row packed file, each in a fresh
 process.
 """
@@ -82,8 +83,12 @@ def rate(run_once: Callable[[], int], repeats: int, min_seconds: float) -> float
 
 
 def drain(dataset: tf.data.Dataset) -> int:
-    """Iterate one epoch, return how many patches came out."""
-    return sum(int(labels.shape[0]) for _, labels in dataset)
+    """Iterate one epoch in-graph, as `model.fit` does, and return how many patches came out."""
+    return int(dataset.reduce(tf.constant(0, tf.int64), _count))
+
+
+def _count(total: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    return total + tf.shape(batch[1], out_type=tf.int64)[0]
 
 
 def pil_loop(paths: list[str]) -> int:
@@ -188,6 +193,7 @@ def main() -> None:
     paths = rows["path"].tolist()
     bs, reps, secs = args.batch_size, args.repeats, args.min_seconds
     results: dict[str, object] = {
+        "load_average_start": os.getloadavg(),
         "rows_sample": len(rows),
         "batch_size": bs,
         "cpus": os.cpu_count(),
@@ -220,6 +226,7 @@ def main() -> None:
         packed.close()
         if args.rss_rows:
             results["rss"] = measure_rss(rows, args.rss_rows, bs, workdir)
+    results["load_average_end"] = os.getloadavg()
     results["patches_per_second"] = rates
     results["ratios"] = {
         "warm_none_vs_tfdata": rates["warm_packed_train_none"]

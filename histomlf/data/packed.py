@@ -153,31 +153,24 @@ class PackedPatches:
     def read(self, positions: np.ndarray) -> np.ndarray:
         """Copy the patches at view `positions` into a new [k, 50, 50, 3] uint8 array.
 
-        Rows are read in file order, one positional read per run of consecutive rows (a whole
-        batch in evaluation order), then put back in the requested order.
+        One positional read per run of consecutive file rows, straight into its slot of the
+        output: a batch in evaluation order is a single read, a shuffled batch one per row.
         """
         file_rows = self._index[np.asarray(positions, dtype=np.int64).ravel()]
         count = file_rows.size
+        buffer = np.empty((count, *PATCH_SHAPE), dtype=np.uint8)
         if count == 0:
-            return np.empty((0, *PATCH_SHAPE), dtype=np.uint8)
-        order = np.argsort(file_rows, kind="stable")
-        sorted_rows = file_rows[order]
-        buffer = np.empty((count, ROW_BYTES), dtype=np.uint8)
-        target = memoryview(buffer).cast("B")
-        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
-        starts = np.concatenate(([0], breaks)).tolist()
+            return buffer
+        target = memoryview(buffer.reshape(-1))
+        breaks = np.flatnonzero(np.diff(file_rows) != 1) + 1
+        starts = np.concatenate(([0], breaks))
         ends = np.concatenate((breaks, [count])).tolist()
-        first_rows = sorted_rows[starts].tolist()
         pread = os.preadv
-        for start, end, row in zip(starts, ends, first_rows, strict=True):
+        for start, end, row in zip(starts.tolist(), ends, file_rows[starts].tolist(), strict=True):
             chunk = target[start * ROW_BYTES : end * ROW_BYTES]
             if pread(self._fd, [chunk], row * ROW_BYTES) != len(chunk):
                 self._read_fully(chunk, row * ROW_BYTES)
-        if not np.array_equal(order, np.arange(count)):
-            unsorted = np.empty_like(buffer)
-            unsorted[order] = buffer
-            buffer = unsorted
-        return buffer.reshape((count, *PATCH_SHAPE))
+        return buffer
 
     def _read_fully(self, view: memoryview, offset: int) -> None:
         done = 0
