@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 SCAN_VERSION = 1
 SECOND_TOP_FOLDER = "IDC_regular_ps50_idx5"
-PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
+PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$", re.ASCII)
+PATIENT_FOLDER = re.compile(r"[0-9]+")
 NAME_PATTERN = "<pid>_idx5_x<X>_y<Y>_class<0|1>.png"
 LITTER_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".Spotlight-V100"})
 CLASS_FOLDERS = ("0", "1")
@@ -71,17 +72,25 @@ def _is_litter(name: str) -> bool:
     return name in LITTER_NAMES or name.startswith(".")
 
 
+def _is_patient(name: str) -> bool:
+    return PATIENT_FOLDER.fullmatch(name) is not None
+
+
 def _top_folders(data_dir: Path) -> list[Path]:
     """The folders that hold patient folders: DATA_DIR itself, then e.g. IDC_regular_ps50_idx5."""
     roots = [data_dir]
     with os.scandir(data_dir) as entries:
         children = sorted(
-            (e for e in entries if e.is_dir() and not e.name.isdigit() and not _is_litter(e.name)),
+            (
+                e
+                for e in entries
+                if e.is_dir() and not _is_patient(e.name) and not _is_litter(e.name)
+            ),
             key=lambda e: (e.name != SECOND_TOP_FOLDER, e.name),
         )
     for child in children:
         with os.scandir(child.path) as entries:
-            if any(e.name.isdigit() and e.is_dir() for e in entries):
+            if any(_is_patient(e.name) and e.is_dir() for e in entries):
                 roots.append(Path(child.path))
     return roots
 
@@ -92,7 +101,7 @@ def _patient_folders(roots: list[Path]) -> dict[str, list[str]]:
     for root in roots:
         with os.scandir(root) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
-                if entry.name.isdigit() and entry.is_dir():
+                if _is_patient(entry.name) and entry.is_dir():
                     patients.setdefault(entry.name, []).append(entry.path)
     return patients
 
@@ -325,7 +334,9 @@ def _check_data_dir(data_dir: str | Path) -> Path:
         raise ScanError(f"data dir not found: {path}")
     if not path.is_dir():
         raise ScanError(f"data dir is not a folder: {path}")
-    if not any(True for _ in os.scandir(path)):
+    with os.scandir(path) as entries:
+        empty = next(entries, None) is None
+    if empty:
         raise ScanError(f"data dir is empty: {path} (expected <pid>/<0|1>/{NAME_PATTERN})")
     return path.resolve()
 
