@@ -321,8 +321,9 @@ def _run_jobs(
             return
         context = get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = [pool.submit(_scan_job, job) for job in jobs]
+            futures = {pool.submit(_scan_job, job) for job in jobs}
             for future in as_completed(futures):
+                futures.discard(future)  # let each job's rows go once they are merged
                 result = future.result()
                 bar.update(result["files"])
                 yield result
