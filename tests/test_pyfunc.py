@@ -82,7 +82,7 @@ def test_logged_model_metadata(logged) -> None:
     example = json.loads((local / "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["image"]
     loaded = mlflow.pyfunc.load_model(info.model_uri)
-    assert loaded.model_config["threshold"] == THRESHOLD
+    assert loaded.model_config["serving_threshold"] == THRESHOLD
     assert isinstance(loaded.unwrap_python_model(), IdcPatchClassifier)
 
 
@@ -109,7 +109,7 @@ def test_invalid_input_is_an_mlflow_invalid_parameter(logged, images, message) -
 
 def test_too_many_images_and_wrong_column(logged) -> None:
     _, info, _, paths = logged
-    loaded = mlflow.pyfunc.load_model(info.model_uri, model_config={"max_images": 2})
+    loaded = mlflow.pyfunc.load_model(info.model_uri, model_config={"serving_max_images": 2})
     with pytest.raises(MlflowException, match="too many images in one request: 3 > 2"):
         loaded.predict(pd.DataFrame({"image": [b64_file(paths[0])] * 3}))
     with pytest.raises(MlflowException, match="missing inputs \\['image'\\]"):

@@ -11,6 +11,7 @@ import click
 from histomlf import __version__
 from histomlf.cli.data import data
 from histomlf.cli.evaluate import cv, evaluate, predict
+from histomlf.cli.registry import registry
 from histomlf.cli.train import train
 
 
@@ -25,3 +26,4 @@ main.add_command(train)
 main.add_command(cv)
 main.add_command(evaluate)
 main.add_command(predict)
+main.add_command(registry)

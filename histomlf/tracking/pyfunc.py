@@ -69,16 +69,20 @@ _TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
 class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
     """Base64 PNG/JPEG patches (or uint8 arrays) in; `probability` and `label` out.
 
-    `model_config` holds `threshold` (required; label = probability >= threshold) and optional
-    request limits `max_images`, `max_bytes`, `max_pixels` and the scoring `batch_size`.
+    `model_config` holds `serving_threshold` (required; label = probability >= threshold)
+    and request limits `serving_max_images`, `serving_max_bytes`, `serving_max_pixels` and the
+    scoring `serving_batch_size`. The prefix matters: MLflow logs `model_config` as run params,
+    and bare names (`batch_size`) would collide with the training run's own params.
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
         config = dict(context.model_config or {})
-        self.threshold = _check_threshold(config.get("threshold"))
-        limits = {key: int(config.get(key, default)) for key, default in DEFAULT_LIMITS.items()}
+        self.threshold = _check_threshold(config.get(config_key("threshold")))
+        limits = {
+            key: int(config.get(config_key(key), default)) for key, default in DEFAULT_LIMITS.items()
+        }
         self.max_images, self.max_bytes = limits["max_images"], limits["max_bytes"]
         self.max_pixels, self.batch_size = limits["max_pixels"], limits["batch_size"]
         _register_custom_layers()
@@ -211,7 +215,8 @@ def log_patch_classifier(
             error_code=INVALID_PARAMETER_VALUE,
         )
     # Every key is logged: `load_model(model_config=...)` may only override logged keys.
-    model_config = {"threshold": _check_threshold(threshold), **DEFAULT_LIMITS, **(limits or {})}
+    settings = {"threshold": _check_threshold(threshold), **DEFAULT_LIMITS, **(limits or {})}
+    model_config = {config_key(key): value for key, value in settings.items()}
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(keras_model, str | Path):
             model_path = str(keras_model)
@@ -232,6 +237,11 @@ def log_patch_classifier(
             registered_model_name=registered_model_name,
             metadata=metadata,
         )
+
+
+def config_key(name: str) -> str:
+    """The `model_config` key of a serving setting (`threshold` -> `serving_threshold`)."""
+    return f"serving_{name}"
 
 
 def _check_threshold(value: Any) -> float:

@@ -23,12 +23,13 @@ def predict_rows(model: Any, rows: pd.DataFrame, *, packed: Any = None, batch_si
                  progress: bool = False) -> pd.DataFrame:
     """`probability` and `label` per row, in row order, streamed through the eval pipeline."""
     from histomlf.data.pipeline import make_dataset
+    from histomlf.tracking.pyfunc import predict_patches
 
     dataset = make_dataset(rows, batch_size=batch_size, training=False, packed=packed)
     frames = []
     with tqdm(total=len(rows), unit="patch", disable=not progress, desc="predict") as bar:
         for images, _ in dataset:
-            frames.append(model.predict(np.asarray(images)))
+            frames.append(predict_patches(model, np.asarray(images)))
             bar.update(len(frames[-1]))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["probability", "label"])
     if len(out) != len(rows):

@@ -146,7 +146,9 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
     if config.packed_cache:
         from histomlf.data.packed import PackedPatches
 
-        used = pd.concat(rows.values(), ignore_index=True)
+        # The whole manifest is packed once (folds and reruns share it); a subsampled run packs
+        # only what it uses, so a 10k-patch recipe never decodes the other 267k patches.
+        used = manifest if not config.max_samples else pd.concat(rows.values(), ignore_index=True)
         packed = PackedPatches.build_or_open(used, cache_root() / "packed")
     return PreparedData(
         data_dir=data_dir,

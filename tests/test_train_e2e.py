@@ -1,0 +1,115 @@
+"""`mlflow run . -e train` end to end on the real sample, checked through MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn import metrics as skm
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SPLITS = ("train", "val", "test", "test_patient")
+NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc",
+         "pr_auc", "brier", "ece", "loss")
+CONFIG_KEYS = ("model", "weights", "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers",
+               "learning_rate", "fine_tune_learning_rate", "optimizer", "batch_size", "dropout",
+               "dense_units", "augment", "balance", "early_stopping_patience", "threshold_policy",
+               "gate_metric", "max_samples", "seed", "data_dir", "val_fraction", "test_fraction",
+               "register_as", "experiment")
+
+
+def tracking_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    env["HISTOMLF_CACHE"] = str(tmp_path / "cache")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def mlflow_run(tmp_path: Path, entry: str, params: dict[str, str], experiment: str,
+               timeout: int = 900) -> subprocess.CompletedProcess:
+    env = tracking_env(tmp_path)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-e", entry,
+               "--env-manager", "local", "--experiment-name", experiment]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def only_run(client: MlflowClient, experiment: str):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    found = client.search_runs([experiment_id])
+    assert len(found) == 1, [r.info.run_name for r in found]
+    return found[0]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def test_mlflow_run_train_vgg16_logs_everything(tmp_path: Path, idc_sample: Path) -> None:
+    mlflow_run(tmp_path, "train", {
+        "data_dir": str(idc_sample), "model": "vgg16", "weights": "none", "max_samples": "64",
+        "epochs": "1", "batch_size": "16", "learning_rate": "1e-3", "experiment": "smoke",
+    }, "e2e")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = only_run(client, "e2e")
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert set(CONFIG_KEYS) <= set(params)
+    assert params["model"] == "vgg16" and params["epochs"] == "1" and params["max_samples"] == "64"
+    assert float(params["learning_rate"]) == 1e-3
+    metrics = run.data.metrics
+    expected = {f"{s}_{n}" for s in SPLITS for n in NAMES}
+    expected |= {f"test_{n}_ci_low" for n in NAMES} | {f"test_{n}_ci_high" for n in NAMES}
+    assert expected <= set(metrics), sorted(expected - set(metrics))
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len(history) >= 2  # one per epoch plus the final restored-model score
+    assert run.data.tags["histomlf.data_digest"] and run.data.tags["histomlf.split_digest"]
+    assert run.data.tags.get("mlflow.parentRunId") is None
+
+    artifacts = artifact_paths(client, run.info.run_id)
+    for path in ("config/resolved.yaml", "data/split.csv", "predictions/test_predictions.csv",
+                 "evaluation/test_confusion_matrix.png", "evaluation/test_confusion_matrix.json",
+                 "evaluation/test_roc.png", "evaluation/test_pr.png",
+                 "evaluation/test_reliability.png", "evaluation/training_curves.png",
+                 "environment/pip-freeze.txt", "environment/facts.json"):
+        assert path in artifacts, sorted(artifacts)
+    assert any(p.startswith("model") or "MLmodel" in p for p in artifacts) or run.outputs
+
+    local = client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv", str(tmp_path))
+    predictions = pd.read_csv(local)
+    y, p = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
+    threshold = metrics["decision_threshold"]
+    y_hat = (p >= threshold).astype(int)
+    assert np.array_equal(y_hat, predictions["predicted"].to_numpy())
+    assert metrics["test_accuracy"] == pytest.approx(skm.accuracy_score(y, y_hat))
+    assert metrics["test_f1"] == pytest.approx(skm.f1_score(y, y_hat, zero_division=0))
+    assert metrics["test_precision"] == pytest.approx(skm.precision_score(y, y_hat, zero_division=0))
+    assert metrics["test_recall"] == pytest.approx(skm.recall_score(y, y_hat, zero_division=0))
+    assert metrics["test_balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, y_hat))
+    assert metrics["test_specificity"] == pytest.approx(skm.recall_score(y, y_hat, pos_label=0))
+    assert metrics["test_roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert metrics["test_pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
+    assert metrics["test_brier"] == pytest.approx(skm.brier_score_loss(y, p))
+    assert metrics["test_loss"] == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
+    low, high = metrics["test_roc_auc_ci_low"], metrics["test_roc_auc_ci_high"]
+    assert 0.0 <= low <= high <= 1.0
