@@ -57,11 +57,15 @@ def endpoint_from_env() -> str | None:
 
 
 def s3_client(endpoint_url: str | None = None, *, max_pool: int = 16):
-    """A boto3 S3 client with a 3 s connect timeout and 2 attempts at most."""
+    """A boto3 S3 client with a 3 s connect timeout and 2 attempts at most.
+
+    A fresh session each time: boto3's default session caches the first credentials it found,
+    so later changes to the AWS_* variables would be ignored.
+    """
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url or endpoint_from_env(),
         config=Config(
@@ -244,7 +248,6 @@ def push_dir(
     endpoint = endpoint_url or endpoint_from_env() or "AWS S3"
     client = s3_client(endpoint_url, max_pool=workers)
     try:
-        client.head_bucket(Bucket=bucket)
         remote = {o["Key"]: o for o in _list(client, bucket, prefix)}
     except Exception as exc:
         raise _explain(exc, bucket, endpoint) from exc

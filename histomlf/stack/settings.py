@@ -14,7 +14,7 @@ import os
 import secrets
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
@@ -107,15 +107,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> StackSettings:
     env = os.environ if env is None else env
     server_dir = Path(env.get("HISTOMLF_SERVER_DIR") or ".histomlf-server").resolve()
     values: dict[str, object] = {}
-    for field, name in _INT_ENV.items():
+    for key, name in _INT_ENV.items():
         if env.get(name):
             try:
-                values[field] = int(env[name])
+                values[key] = int(env[name])
             except ValueError as exc:
                 raise ValueError(f"{name} must be an integer, got {env[name]!r}") from exc
-    for field, name in _STR_ENV.items():
+    for key, name in _STR_ENV.items():
         if env.get(name):
-            values[field] = env[name]
+            values[key] = env[name]
     return StackSettings(server_dir=server_dir, **values)
 
 
@@ -178,9 +178,9 @@ class StackSecrets:
     """The generated secrets of one server dir (never printed, logged or put on a command line)."""
 
     s3_access_key: str
-    s3_secret_key: str
-    flask_secret_key: str
-    pg_password: str
+    s3_secret_key: str = field(repr=False)
+    flask_secret_key: str = field(repr=False)
+    pg_password: str = field(repr=False)
 
 
 def ensure_secrets(settings: StackSettings) -> StackSecrets:
