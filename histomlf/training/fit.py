@@ -162,12 +162,16 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     work_dir: Path,
     verbose: int | str = 2,
+    initial_epoch: int = 0,
 ) -> FitResult:
     """Train `model` in up to two phases (see the module docstring) and return its history.
 
     `train_ds` yields `(uint8 images [B, 50, 50, 3], float labels [B])` and may repeat
     forever when `steps_per_epoch` is given; `val_ds` is finite (or None: no early
     stopping, no best epoch). `callbacks` are extra Keras callbacks run in both phases.
+    `initial_epoch` continues a schedule on weights an earlier fit left in `model` (Hyperband
+    resumes a trial this way): phase 1 runs its remaining epochs, or is skipped when
+    `initial_epoch >= config.epochs`, and phase 2 then starts at `initial_epoch`.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -211,11 +215,13 @@ def fit(
     if phase1_state.is_file():
         model.load_weights(work_dir / _PHASE1_WEIGHTS)
         phase1_epochs = int(json.loads(phase1_state.read_text())["epochs_run"])
+    elif initial_epoch >= config.epochs:
+        phase1_epochs = initial_epoch
     else:
         set_backbone_trainable(model, not uses_pretrained_weights(config))
         compile_model(model, config.optimizer, config.learning_rate)
-        run_phase(1, config.epochs, 0)
-        phase1_epochs = max(read_history(history_path)[0], default=-1) + 1
+        run_phase(1, config.epochs, initial_epoch)
+        phase1_epochs = max(read_history(history_path)[0], default=initial_epoch - 1) + 1
         if config.fine_tune_epochs > 0:
             model.save_weights(work_dir / _PHASE1_WEIGHTS)
             phase1_state.write_text(json.dumps({"epochs_run": phase1_epochs}))
