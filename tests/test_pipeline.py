@@ -128,8 +128,11 @@ def test_repeat_yields_steps_per_epoch_batches_per_pass(rows: pd.DataFrame) -> N
     steps = steps_per_epoch(part, 64, "none")
     assert steps == 4
     dataset = make_dataset(part, batch_size=64, training=True, seed=1, repeat=True)
-    sizes = [len(y) for _, y in dataset.take(2 * steps).as_numpy_iterator()]
-    assert sizes == [64, 64, 64, 8] * 2
+    batches = [y for _, y in dataset.take(2 * steps).as_numpy_iterator()]
+    assert [len(y) for y in batches] == [64, 64, 64, 8] * 2
+    first, second = np.concatenate(batches[:steps]), np.concatenate(batches[steps:])
+    assert sorted(first) == sorted(second) == sorted(part["label"])
+    assert first.tolist() != second.tolist(), "each repeated pass must be reshuffled"
 
 
 def test_class_weights_follow_the_balanced_rule(rows: pd.DataFrame) -> None:

@@ -9,6 +9,7 @@ good (`undersample_indices`); `none` leaves the data as is.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -54,21 +55,44 @@ def undersampled_epoch_size(labels: np.ndarray) -> int:
     return 2 * int(minority.size)
 
 
-def undersample_indices(labels: np.ndarray, seed: int) -> tf.data.Dataset:
-    """A dataset of row indices (int64) for one balanced, shuffled epoch.
+def redrawn_each_epoch(draw: Callable[[tf.Tensor], tf.Tensor], seed: int) -> tf.data.Dataset:
+    """A dataset of the int64 indices `draw(pair)` returns, drawn anew on every iteration.
 
-    Each new iteration (a new epoch in `fit`, or a pass under `.repeat()`) draws a fresh
-    majority subset and a fresh order; the sequence of draws is fixed by `seed`.
+    `pair` is a stateless seed ([2] int64): a new one per iteration (a new `fit` epoch or a
+    pass under `.repeat()`), the sequence fixed by `seed`. One permutation tensor costs 8 bytes
+    a row, where a `shuffle` buffer holds a few hundred bytes per element.
     """
-    minority, majority = split_by_class(labels)
-    size = int(minority.size)
-    drawn = (
-        tf.data.Dataset.from_tensor_slices(majority.astype(np.int64))
-        .shuffle(majority.size, seed=seed, reshuffle_each_iteration=True)
-        .take(size)
+    base = tf.constant(seed, tf.int64)
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return draws.flat_map(
+        lambda value: tf.data.Dataset.from_tensor_slices(draw(tf.stack([value, base])))
     )
-    kept = tf.data.Dataset.from_tensor_slices(minority.astype(np.int64))
-    return drawn.concatenate(kept).shuffle(2 * size, seed=seed + 1, reshuffle_each_iteration=True)
+
+
+def shuffled_indices(count: int, seed: int) -> tf.data.Dataset:
+    """0..count-1 in a new seeded order on every iteration."""
+    return redrawn_each_epoch(
+        lambda pair: tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=pair
+        ),
+        seed,
+    )
+
+
+def undersample_indices(labels: np.ndarray, seed: int) -> tf.data.Dataset:
+    """Row indices (int64) of one balanced, shuffled epoch: all minority rows plus as many
+    majority rows drawn at random, redrawn on every iteration; the draws are fixed by `seed`."""
+    minority, majority = split_by_class(labels)
+    minority_t = tf.constant(minority.astype(np.int64))
+    majority_t = tf.constant(majority.astype(np.int64))
+
+    def draw(pair: tf.Tensor) -> tf.Tensor:
+        pick_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 2))
+        picked = tf.random.experimental.stateless_shuffle(majority_t, seed=pick_seed)
+        epoch = tf.concat([picked[: minority.size], minority_t], axis=0)
+        return tf.random.experimental.stateless_shuffle(epoch, seed=order_seed)
+
+    return redrawn_each_epoch(draw, seed)
 
 
 def steps_per_epoch(rows_or_labels, batch_size: int, balance: str = "none") -> int:

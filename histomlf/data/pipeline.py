@@ -19,6 +19,7 @@ from histomlf.data.augment import augment_batch, check_augment
 from histomlf.data.balance import (
     check_balance,
     class_weights,
+    shuffled_indices,
     steps_per_epoch,
     undersample_indices,
 )
@@ -92,10 +93,9 @@ def _epoch_indices(
     """Row indices of one epoch: row order for evaluation, shuffled/balanced for training."""
     if training and balance == "undersample":
         return undersample_indices(labels, seed)
-    indices = tf.data.Dataset.range(len(labels))
     if training:
-        indices = indices.shuffle(max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
-    return indices
+        return shuffled_indices(len(labels), seed)
+    return tf.data.Dataset.range(len(labels))
 
 
 def _png_batches(
