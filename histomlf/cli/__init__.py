@@ -11,7 +11,9 @@ import click
 from histomlf import __version__
 from histomlf.cli.data import data
 from histomlf.cli.evaluate import cv, evaluate, predict
+from histomlf.cli.data_s3 import push
 from histomlf.cli.registry import registry
+from histomlf.cli.server import server
 from histomlf.cli.train import train
 
 
@@ -27,3 +29,5 @@ main.add_command(cv)
 main.add_command(evaluate)
 main.add_command(predict)
 main.add_command(registry)
+main.add_command(server)
+data.add_command(push)

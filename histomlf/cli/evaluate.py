@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from histomlf.cli.errors import user_errors
 from histomlf.cli.options import overrides_from, train_config_options
 from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 
@@ -24,7 +25,7 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 
     try:
         result = evaluate_and_log(model_uri, data, split=split, split_file=split_file)
-    except (ValueError, FileNotFoundError) as error:
+    except user_errors() as error:
         raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, default=float))
 
@@ -41,7 +42,7 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
 
     try:
         patches, patients = predict_to_files(model_uri, data, out, batch_size=batch_size)
-    except (ValueError, FileNotFoundError) as error:
+    except user_errors() as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"wrote {patches} and {patients}")
 
@@ -63,7 +64,7 @@ def cv(experiment: str, folds: int, **options) -> None:
 
     try:
         result = cv_and_log(config, folds)
-    except (ValueError, FileNotFoundError) as error:
+    except user_errors() as error:
         raise click.ClickException(str(error)) from error
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
         mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")

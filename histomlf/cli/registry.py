@@ -85,13 +85,13 @@ def _call(ctx: click.Context, function, *args, **kwargs):
     """Run a registry function against the chosen store; any failure is one line, exit 1."""
     from mlflow.exceptions import MlflowException
 
-    from histomlf.tracking.client import TrackingUnreachable, use_tracking_uri
+    from histomlf.tracking.probe import TrackingUnavailable, use_tracking_uri
     from histomlf.tracking.registry import RegistryError
 
     try:
         use_tracking_uri(ctx.obj["tracking_uri"])
         return function(*args, **kwargs)
-    except (RegistryError, TrackingUnreachable) as error:
+    except (RegistryError, TrackingUnavailable) as error:
         raise click.ClickException(str(error)) from error
     except MlflowException as error:
         raise click.ClickException(error.message.splitlines()[0]) from error

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from histomlf.cli.errors import user_errors
 from histomlf.cli.options import overrides_from, train_config_options
 from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 
@@ -26,7 +27,7 @@ def train(experiment: str, as_json: bool, **options) -> None:
 
     try:
         result = train_and_log(config)
-    except (ValueError, FileNotFoundError) as error:
+    except user_errors() as error:
         raise click.ClickException(str(error)) from error
     if as_json:
         click.echo(json.dumps(result, default=str))
@@ -37,4 +38,7 @@ def train(experiment: str, as_json: bool, **options) -> None:
         click.echo(f"  {name:24s} {metrics[name]:.4f}")
     gate = result.get("gate")
     if gate is not None:
-        click.echo(f"  registry: {gate}")
+        click.echo(f"registry: {gate.name} v{gate.version} -> {gate.alias} ({gate.reason})")
+        click.echo("serve it:  mlflow models serve -m "
+                   f"models:/{gate.name}@champion --env-manager local -p 5001")
+    click.echo("compare runs:  mlflow ui  (then open http://127.0.0.1:5000)")

@@ -161,3 +161,14 @@ def probe_artifact_write(
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def use_tracking_uri(uri: str | None = None) -> str:
+    """Resolve, probe and set the tracking (and registry) URI for this process; returns it."""
+    import mlflow
+
+    resolved = _resolve_uri(uri)
+    probe_tracking(resolved)
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    return resolved

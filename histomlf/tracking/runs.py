@@ -21,17 +21,25 @@ from mlflow.tracking import MlflowClient
 
 from histomlf.config import TrainConfig
 from histomlf.environment import environment_facts, pip_freeze
+from histomlf.tracking.probe import probe_tracking
 
 DEFAULT_EXPERIMENT_NAME = "histomlf"
 
 
 @contextlib.contextmanager
 def active_run(run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Attach to the run `mlflow run` opened, or open one; system metrics are sampled."""
+    """Attach to the run `mlflow run` opened, or open one; system metrics are sampled.
+
+    A remote tracking server is probed first (short timeouts, no long retries), and once the
+    run is open an artifact write is probed too, so an unreachable server, a wrong login or
+    an unwritable artifact store stop the command within seconds with one line.
+    """
+    probe_tracking()
     if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT_NAME))
     with mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
                           tags=dict(tags or {}), log_system_metrics=True) as run:
+        probe_tracking(run_id=run.info.run_id)
         yield run
 
 

@@ -88,13 +88,19 @@ class TrainOutcome:
 def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
     """The folder to train on and where it came from: given, `$HISTOMLF_DATA_DIR`, or synthetic.
 
+    An `s3://bucket/prefix` is synced incrementally into the cache (unchanged objects are not
+    downloaded again) and scanned there like a local folder.
+
     With nothing configured a small synthetic set is generated once into the cache, so a bare
     `mlflow run .` works on a fresh machine; runs say `data_source=synthetic` so nobody mistakes
     its numbers for real ones.
     """
     given = config.data_dir or os.environ.get("HISTOMLF_DATA_DIR", "")
     if given.startswith("s3://"):
-        raise ValueError("data_dir=s3://... needs the S3 sync of the tracking-stack issue")
+        from histomlf.data.s3sync import sync_s3_prefix
+
+        local_dir, _ = sync_s3_prefix(given, cache_root() / "s3")
+        return Path(local_dir), "s3"
     if given:
         return Path(given).expanduser().resolve(), "folder"
     from histomlf.data.synth import generate_dataset

@@ -1,0 +1,12 @@
+"""The exceptions that mean "bad input or environment": shown as one line, not a traceback."""
+
+from __future__ import annotations
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Imported lazily: these modules pull in TensorFlow and MLflow."""
+    from histomlf.data.s3sync import S3SyncError
+    from histomlf.models.weights import WeightsUnavailableError
+    from histomlf.tracking.probe import TrackingUnavailable
+
+    return (ValueError, FileNotFoundError, S3SyncError, WeightsUnavailableError, TrackingUnavailable)
