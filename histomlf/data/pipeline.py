@@ -31,6 +31,7 @@ __all__ = ["class_weights", "decode_and_pad", "make_dataset", "steps_per_epoch"]
 AUTOTUNE = tf.data.AUTOTUNE
 # Rows fetched per Python call from a packed cache (~7.5 MB); batches are cut from them.
 PACKED_READ_ROWS = 1024
+AUGMENT_SEED_OFFSET = 1_000_003
 
 
 def decode_and_pad(data: tf.Tensor) -> tf.Tensor:
@@ -77,7 +78,11 @@ def make_dataset(
     else:
         dataset = _png_batches(indices, rows["path"].astype(str).to_numpy(), labels_t, batch_size)
     if training and augment != "none":
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        # A stream of its own, so augmentation draws are independent of the epoch order.
+        seeds = tf.data.Dataset.random(
+            seed=seed + AUGMENT_SEED_OFFSET, rerandomize_each_iteration=True
+        )
+        seeds = seeds.batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda batch, batch_seed: (augment_batch(batch[0], batch_seed, augment), batch[1]),
             num_parallel_calls=AUTOTUNE,
