@@ -22,7 +22,7 @@ HELP = {
     "image_size": "input size the model resizes patches to (>= 32)",
     "epochs": "phase-1 epochs (head only when the backbone is pretrained)",
     "fine_tune_epochs": "phase-2 epochs with the top backbone layers unfrozen",
-    "fine_tune_layers": "how many top backbone layers phase 2 unfreezes",
+    "fine_tune_layers": "how many top backbone layers phase 2 unfreezes (0: all)",
     "learning_rate": "phase-1 learning rate",
     "fine_tune_learning_rate": "phase-2 learning rate",
     "optimizer": "adam | adamw | sgd | rmsprop",
