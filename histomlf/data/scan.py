@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from histomlf.data.patches import MAX_PATCH_PIXELS, to_rgb_array
+from histomlf.paths import cache_root
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -432,13 +433,9 @@ def write_scan(result: ScanResult, out_dir: str | Path) -> tuple[Path, Path]:
     return manifest_path, quarantine_path
 
 
-def cache_root() -> Path:
-    """`$HISTOMLF_CACHE`, or `./.histomlf-cache`: never beside the (maybe read-only) data."""
-    return Path(os.environ.get("HISTOMLF_CACHE") or Path.cwd() / ".histomlf-cache")
-
-
 def scan_cache_dir(data_dir: str | Path) -> Path:
-    """The default output folder of a scan: one per resolved data folder."""
+    """The default output folder of a scan: one per resolved data folder, in the cache root
+    (`$HISTOMLF_CACHE` or `./.histomlf-cache`), never beside the maybe read-only data."""
     key = hashlib.sha256(str(Path(data_dir).expanduser().resolve()).encode()).hexdigest()[:16]
     return cache_root() / "scans" / key
 
