@@ -252,3 +252,9 @@ def test_check_patch_bytes_on_png_modes() -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         assert check_patch_bytes(buffer.getvalue()) == (50, 20), mode
+
+
+def test_image_larger_than_a_patch_is_quarantined(tree: Path) -> None:
+    name = f"{PID}_idx5_x7001_y7001_class0.png"
+    Image.fromarray(np.full((60, 60, 3), 200, np.uint8)).save(tree / PID / "0" / name)
+    assert _reasons(_scan(tree))[name].startswith("larger than a 50x50 patch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -65,9 +66,10 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
     return out
 
 
-def test_mlflow_run_train_vgg16_logs_everything(tmp_path: Path, idc_sample: Path) -> None:
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet50"])
+def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, backbone: str) -> None:
     mlflow_run(tmp_path, "train", {
-        "data_dir": str(idc_sample), "model": "vgg16", "weights": "none", "max_samples": "64",
+        "data_dir": str(idc_sample), "model": backbone, "weights": "none", "max_samples": "64",
         "epochs": "1", "batch_size": "16", "learning_rate": "1e-3", "experiment": "smoke",
     }, "e2e")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -75,7 +77,7 @@ def test_mlflow_run_train_vgg16_logs_everything(tmp_path: Path, idc_sample: Path
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert set(CONFIG_KEYS) <= set(params)
-    assert params["model"] == "vgg16" and params["epochs"] == "1" and params["max_samples"] == "64"
+    assert params["model"] == backbone and params["epochs"] == "1" and params["max_samples"] == "64"
     assert float(params["learning_rate"]) == 1e-3
     metrics = run.data.metrics
     expected = {f"{s}_{n}" for s in SPLITS for n in NAMES}
@@ -113,3 +115,29 @@ def test_mlflow_run_train_vgg16_logs_everything(tmp_path: Path, idc_sample: Path
     assert metrics["test_loss"] == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
     low, high = metrics["test_roc_auc_ci_low"], metrics["test_roc_auc_ci_high"]
     assert 0.0 <= low <= high <= 1.0
+
+
+def test_cpu_rerun_reproduces_the_metrics(tmp_path: Path, idc_sample: Path) -> None:
+    env = tracking_env(tmp_path)
+    command = [sys.executable, "-m", "histomlf", "train", "--experiment", "smoke", "--data-dir",
+               str(idc_sample), "--max-samples", "160", "--epochs", "2", "--json"]
+    results = []
+    for _ in range(2):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = (r["metrics"] for r in results)
+    assert results[0]["run_id"] != results[1]["run_id"]
+    for key in ("test_roc_auc", "test_loss", "val_loss", "decision_threshold", "test_f1"):
+        assert first[key] == second[key], key
+
+
+def test_bad_config_is_one_line_error(tmp_path: Path, idc_sample: Path) -> None:
+    env = tracking_env(tmp_path)
+    for args, message in ((["--model", "vgg17"], "vgg17"), (["--augment", "heavy"], "augment"),
+                          (["--experiment", "nope"], "unknown experiment")):
+        done = subprocess.run([sys.executable, "-m", "histomlf", "train", "--data-dir",
+                               str(idc_sample), *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode != 0
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]

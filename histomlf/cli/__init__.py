@@ -15,6 +15,7 @@ from histomlf.cli.data_s3 import push
 from histomlf.cli.registry import registry
 from histomlf.cli.server import server
 from histomlf.cli.train import train
+from histomlf.cli.tune import tune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,5 +30,6 @@ main.add_command(cv)
 main.add_command(evaluate)
 main.add_command(predict)
 main.add_command(registry)
+main.add_command(tune)
 main.add_command(server)
 data.add_command(push)

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from histomlf.cli.errors import user_errors
-from histomlf.cli.options import overrides_from, train_config_options
-from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from histomlf.cli.options import load_checked_config, train_config_options
+from histomlf.config import DEFAULT_EXPERIMENT
 
 
 @click.command()
@@ -56,10 +56,7 @@ def cv(experiment: str, folds: int, **options) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
-    try:
-        config, _ = load_experiment(experiment, overrides_from(options))
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from error
+    config, _ = load_checked_config(experiment, options)
     from histomlf.tracking.cv_run import cv_and_log
 
     try:

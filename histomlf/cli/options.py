@@ -67,3 +67,32 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
     """The options the user actually gave; an empty string (an unset MLproject default) is unset."""
     names = {f.name for f in config_fields()}
     return {k: v for k, v in options.items() if k in names and v not in (None, "")}
+
+
+def load_checked_config(experiment: str, options: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """Load an experiment plus CLI overrides and check names that only other modules know
+    (backbone, threshold policy, gate metric), so a typo fails before any run is opened."""
+    from histomlf.config import ConfigError, load_experiment
+
+    try:
+        config, sections = load_experiment(experiment, overrides_from(options), sections=("search",))
+        check_names(config)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from error
+    return config, sections
+
+
+def check_names(config: TrainConfig) -> None:
+    from histomlf.config import ConfigError
+    from histomlf.evaluation.metrics import METRIC_NAMES
+    from histomlf.evaluation.threshold import parse_policy
+    from histomlf.models import is_model, list_models
+
+    if not is_model(config.model):
+        raise ConfigError(f"unknown model {config.model!r}; known: {', '.join(list_models())}")
+    try:
+        parse_policy(config.threshold_policy)
+    except ValueError as error:
+        raise ConfigError(f"threshold_policy: {error}") from error
+    if config.gate_metric.removeprefix("test_") not in METRIC_NAMES:
+        raise ConfigError(f"gate_metric must be one of {', '.join(METRIC_NAMES)}; got {config.gate_metric!r}")

@@ -7,8 +7,8 @@ import json
 import click
 
 from histomlf.cli.errors import user_errors
-from histomlf.cli.options import overrides_from, train_config_options
-from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from histomlf.cli.options import load_checked_config, train_config_options
+from histomlf.config import DEFAULT_EXPERIMENT
 
 
 @click.command()
@@ -18,10 +18,7 @@ from histomlf.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
 @click.option("--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON")
 def train(experiment: str, as_json: bool, **options) -> None:
     """Train one backbone on a patient-level split and log everything to MLflow."""
-    try:
-        config, _ = load_experiment(experiment, overrides_from(options))
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from error
+    config, _ = load_checked_config(experiment, options)
 
     from histomlf.tracking.train_run import train_and_log
 

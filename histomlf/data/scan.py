@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from histomlf.data.patches import MAX_PATCH_PIXELS, to_rgb_array
+from histomlf.data.patches import MAX_PATCH_PIXELS, PATCH_SIZE, to_rgb_array
 from histomlf.paths import cache_root
 
 if TYPE_CHECKING:
@@ -157,6 +157,9 @@ def check_patch_bytes(data: bytes) -> tuple[int, int] | str:
                         f"far beyond a patch (limit {MAX_PATCH_PIXELS} px)"
                     )
                 image.load()
+                if width > PATCH_SIZE or height > PATCH_SIZE:
+                    # Kaggle patches are at most 50x50; the pipeline pads, it never resizes.
+                    return f"larger than a {PATCH_SIZE}x{PATCH_SIZE} patch: {width}x{height} px"
                 if image.mode != "RGB":
                     to_rgb_array(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
