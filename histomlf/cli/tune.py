@@ -12,7 +12,8 @@ import json
 
 import click
 
-from histomlf.cli.options import overrides_from, train_config_options
+from histomlf.cli.errors import user_errors
+from histomlf.cli.options import check_names, overrides_from, train_config_options
 from histomlf.config import ConfigError
 
 SEARCH_OPTIONS = (
@@ -34,8 +35,9 @@ SEARCH_OPTIONS = (
 def search_options(command):
     """One kebab-case option (plus snake_case twin for `mlflow run -P`) per search setting."""
     for name, kind, text in reversed(SEARCH_OPTIONS):
-        command = click.option("--" + name.replace("_", "-"), f"--{name}", name, type=kind,
-                               default=None, help=text)(command)
+        kebab = "--" + name.replace("_", "-")
+        names = [kebab] if "_" not in name else [kebab, f"--{name}"]
+        command = click.option(*names, name, type=kind, default=None, help=text)(command)
     return command
 
 
@@ -83,9 +85,10 @@ def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_d
             from histomlf.tuning.settings import load_search
 
             spec = tune_run.SearchSpec(*load_search(experiment, {**train_given, **given}))
+            check_names(spec.config)
         result = tune_run.tune_and_log(spec, resume=resume, workers=workers,
                                        tuner_dir=tuner_dir, threads=threads)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ConfigError, RuntimeError, *user_errors()) as error:
         raise click.ClickException(str(error).strip().splitlines()[-1]) from error
     if as_json:
         click.echo(json.dumps(result, default=str))
