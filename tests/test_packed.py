@@ -67,7 +67,10 @@ def packed(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Pack
 
 def test_packed_eval_equals_png_eval(packed: PackedPatches, rows: pd.DataFrame, png_epoch) -> None:
     assert len(packed) == len(rows)
-    images, labels = epoch(make_dataset(rows, batch_size=128, training=False, packed=packed))
+    batches = list(make_dataset(rows, batch_size=128, training=False, packed=packed))
+    assert [len(y) for _, y in batches] == [128] * (len(rows) // 128) + [len(rows) % 128]
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    labels = np.concatenate([y.numpy() for _, y in batches])
     np.testing.assert_array_equal(images, png_epoch[0])
     np.testing.assert_array_equal(labels, png_epoch[1])
 
@@ -80,8 +83,10 @@ def test_packed_training_epoch_is_the_png_multiset(
             (image.tobytes(), int(label)) for image, label in zip(images, labels, strict=True)
         )
 
-    dataset = make_dataset(rows, batch_size=64, training=True, seed=3, packed=packed)
+    dataset = make_dataset(rows, batch_size=48, training=True, seed=3, packed=packed)
     assert keys(*epoch(dataset)) == keys(*png_epoch)
+    sizes = [len(y) for _, y in dataset.as_numpy_iterator()]
+    assert sizes == [48] * (len(rows) // 48) + [len(rows) % 48]
 
 
 def test_split_rows_read_from_the_full_packed_file(

@@ -4,6 +4,9 @@ IDC is ~28 % positive. `class_weight` keeps every row and reweights the loss (`c
 `undersample` is what the original study did: each epoch keeps all minority rows plus an equally
 large random subset of the majority class, redrawn every epoch so no majority row is lost for
 good (`undersample_indices`); `none` leaves the data as is.
+
+The index datasets here also fix which rows an epoch visits and in which order; they yield
+chunks of row indices, which the pipeline reads or decodes.
 """
 
 from __future__ import annotations
@@ -55,8 +58,21 @@ def undersampled_epoch_size(labels: np.ndarray) -> int:
     return 2 * int(minority.size)
 
 
-def redrawn_each_epoch(draw: Callable[[tf.Tensor], tf.Tensor], seed: int) -> tf.data.Dataset:
-    """A dataset of the int64 indices `draw(pair)` returns, drawn anew on every iteration.
+def chunks_of(indices: tf.Tensor, chunk_rows: int) -> tf.data.Dataset:
+    """`indices` (1-D int64) cut into consecutive chunks of `chunk_rows` (the last may be short).
+
+    Chunks rather than single indices: tf.data's per-element cost (~1 us) would otherwise be
+    paid per row.
+    """
+    count = tf.shape(indices, out_type=tf.int64)[0]
+    starts = tf.data.Dataset.range(0, count, chunk_rows)
+    return starts.map(lambda start: indices[start : start + chunk_rows])
+
+
+def redrawn_each_epoch(
+    draw: Callable[[tf.Tensor], tf.Tensor], seed: int, chunk_rows: int
+) -> tf.data.Dataset:
+    """Chunks of the int64 indices `draw(pair)` returns, drawn anew on every iteration.
 
     `pair` is a stateless seed ([2] int64): a new one per iteration (a new `fit` epoch or a
     pass under `.repeat()`), the sequence fixed by `seed`. One permutation tensor costs 8 bytes
@@ -64,24 +80,21 @@ def redrawn_each_epoch(draw: Callable[[tf.Tensor], tf.Tensor], seed: int) -> tf.
     """
     base = tf.constant(seed, tf.int64)
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return draws.flat_map(
-        lambda value: tf.data.Dataset.from_tensor_slices(draw(tf.stack([value, base])))
-    )
+    return draws.flat_map(lambda value: chunks_of(draw(tf.stack([value, base])), chunk_rows))
 
 
-def shuffled_indices(count: int, seed: int) -> tf.data.Dataset:
-    """0..count-1 in a new seeded order on every iteration."""
-    return redrawn_each_epoch(
-        lambda pair: tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=pair
-        ),
-        seed,
-    )
+def shuffled_indices(count: int, seed: int, chunk_rows: int) -> tf.data.Dataset:
+    """Chunks of 0..count-1 in a new seeded order on every iteration."""
+
+    def draw(pair: tf.Tensor) -> tf.Tensor:
+        return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), pair)
+
+    return redrawn_each_epoch(draw, seed, chunk_rows)
 
 
-def undersample_indices(labels: np.ndarray, seed: int) -> tf.data.Dataset:
-    """Row indices (int64) of one balanced, shuffled epoch: all minority rows plus as many
-    majority rows drawn at random, redrawn on every iteration; the draws are fixed by `seed`."""
+def undersample_indices(labels: np.ndarray, seed: int, chunk_rows: int) -> tf.data.Dataset:
+    """Chunks of the row indices of one balanced, shuffled epoch: all minority rows plus as
+    many majority rows drawn at random, redrawn on every iteration; draws fixed by `seed`."""
     minority, majority = split_by_class(labels)
     minority_t = tf.constant(minority.astype(np.int64))
     majority_t = tf.constant(majority.astype(np.int64))
@@ -92,7 +105,7 @@ def undersample_indices(labels: np.ndarray, seed: int) -> tf.data.Dataset:
         epoch = tf.concat([picked[: minority.size], minority_t], axis=0)
         return tf.random.experimental.stateless_shuffle(epoch, seed=order_seed)
 
-    return redrawn_each_epoch(draw, seed)
+    return redrawn_each_epoch(draw, seed, chunk_rows)
 
 
 def steps_per_epoch(rows_or_labels, batch_size: int, balance: str = "none") -> int:

@@ -37,6 +37,7 @@ LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 META_FILE = "meta.json"
 BUILD_BATCH = 512
+TENSOR_ALIGNMENT = 64
 
 
 class PackedCacheError(RuntimeError):
@@ -64,6 +65,18 @@ def manifest_digest(rows: pd.DataFrame) -> str:
     digest = hashlib.sha256(f"packed-v{FORMAT_VERSION}:{len(rows)}:{','.join(columns)}\n".encode())
     digest.update("\n".join(text.tolist()).encode())
     return digest.hexdigest()
+
+
+def aligned_empty(shape: tuple[int, ...], alignment: int = TENSOR_ALIGNMENT) -> np.ndarray:
+    """An uninitialised uint8 array whose data starts on an `alignment`-byte boundary.
+
+    TensorFlow adopts an aligned numpy result of `tf.numpy_function` as is; an unaligned one
+    (numpy's default 16-byte alignment) is copied once more.
+    """
+    size = int(np.prod(shape))
+    raw = np.empty(size + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + size].reshape(shape)
 
 
 class PackedPatches:
@@ -158,7 +171,7 @@ class PackedPatches:
         """
         file_rows = self._index[np.asarray(positions, dtype=np.int64).ravel()]
         count = file_rows.size
-        buffer = np.empty((count, *PATCH_SHAPE), dtype=np.uint8)
+        buffer = aligned_empty((count, *PATCH_SHAPE))
         if count == 0:
             return buffer
         target = memoryview(buffer.reshape(-1))

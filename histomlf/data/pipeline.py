@@ -18,6 +18,7 @@ import tensorflow as tf
 from histomlf.data.augment import augment_batch, check_augment
 from histomlf.data.balance import (
     check_balance,
+    chunks_of,
     class_weights,
     shuffled_indices,
     steps_per_epoch,
@@ -29,8 +30,9 @@ from histomlf.data.patches import PAD_VALUE, PATCH_SIZE
 __all__ = ["class_weights", "decode_and_pad", "make_dataset", "steps_per_epoch"]
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Rows fetched per Python call from a packed cache (~7.5 MB); batches are cut from them.
-PACKED_READ_ROWS = 1024
+# Row indices travel in chunks of about this many rows (whole batches); a packed cache reads
+# one chunk (~7.5 MB) per Python call and cuts batches from it.
+CHUNK_ROWS = 1024
 AUGMENT_SEED_OFFSET = 1_000_003
 
 
@@ -71,12 +73,15 @@ def make_dataset(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     labels = rows["label"].to_numpy().astype(np.int64)
-    indices = _epoch_indices(labels, training=training, balance=balance, seed=seed)
+    chunk_rows = batch_size * max(1, CHUNK_ROWS // batch_size)
+    chunks = _epoch_indices(
+        labels, training=training, balance=balance, seed=seed, chunk_rows=chunk_rows
+    )
     labels_t = tf.constant(labels.astype(np.float32))
     if packed is not None:
-        dataset = _packed_batches(indices, packed.subset(rows), labels, labels_t, batch_size)
+        dataset = _packed_batches(chunks, packed.subset(rows), labels, labels_t, batch_size)
     else:
-        dataset = _png_batches(indices, rows["path"].astype(str).to_numpy(), labels_t, batch_size)
+        dataset = _png_batches(chunks, rows["path"].astype(str).to_numpy(), labels_t, batch_size)
     if training and augment != "none":
         # A stream of its own, so augmentation draws are independent of the epoch order.
         seeds = tf.data.Dataset.random(
@@ -93,18 +98,19 @@ def make_dataset(
 
 
 def _epoch_indices(
-    labels: np.ndarray, *, training: bool, balance: str, seed: int
+    labels: np.ndarray, *, training: bool, balance: str, seed: int, chunk_rows: int
 ) -> tf.data.Dataset:
-    """Row indices of one epoch: row order for evaluation, shuffled/balanced for training."""
+    """Chunks of one epoch's row indices: row order for evaluation, shuffled/balanced for
+    training."""
     if training and balance == "undersample":
-        return undersample_indices(labels, seed)
+        return undersample_indices(labels, seed, chunk_rows)
     if training:
-        return shuffled_indices(len(labels), seed)
-    return tf.data.Dataset.range(len(labels))
+        return shuffled_indices(len(labels), seed, chunk_rows)
+    return chunks_of(tf.range(len(labels), dtype=tf.int64), chunk_rows)
 
 
 def _png_batches(
-    indices: tf.data.Dataset, paths: np.ndarray, labels: tf.Tensor, batch_size: int
+    chunks: tf.data.Dataset, paths: np.ndarray, labels: tf.Tensor, batch_size: int
 ) -> tf.data.Dataset:
     paths_t = tf.constant(paths)
 
@@ -112,39 +118,27 @@ def _png_batches(
         image = decode_and_pad(tf.io.read_file(tf.gather(paths_t, index)))
         return image, tf.gather(labels, index)
 
-    return indices.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    return chunks.unbatch().map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
 
 
 def _packed_batches(
-    indices: tf.data.Dataset,
+    chunks: tf.data.Dataset,
     view: PackedPatches,
     labels: np.ndarray,
     labels_t: tf.Tensor,
     batch_size: int,
 ) -> tf.data.Dataset:
-    """Read `PACKED_READ_ROWS` rows per Python call, then cut them into batches.
+    """Read a chunk of rows per Python call, then cut it into batches (`rebatch`).
 
     The per-call cost of `tf.numpy_function` (GIL, conversions) would otherwise dominate small
-    batches; cutting a chunk keeps every batch's rows and the row order unchanged.
+    batches; chunks are whole batches, so cutting keeps every batch's rows and the row order.
     """
     if not np.array_equal(view.labels.astype(np.int64), labels):
         raise ValueError("the packed cache's labels disagree with the rows' labels")
-    chunk_rows = batch_size * max(1, PACKED_READ_ROWS // batch_size)
 
     def load(chunk: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.numpy_function(view.read, [chunk], tf.uint8, stateful=False)
         images = tf.ensure_shape(images, (None, *PATCH_SHAPE))
         return images, tf.gather(labels_t, chunk)
 
-    def cut(images: tf.Tensor, chunk_labels: tf.Tensor) -> tf.data.Dataset:
-        count = tf.shape(chunk_labels, out_type=tf.int64)[0]
-        starts = tf.data.Dataset.range(0, count, batch_size)
-        return starts.map(
-            lambda start: (
-                images[start : start + batch_size],
-                chunk_labels[start : start + batch_size],
-            )
-        )
-
-    chunks = indices.batch(chunk_rows).map(load, num_parallel_calls=AUTOTUNE)
-    return chunks.flat_map(cut)
+    return chunks.map(load, num_parallel_calls=AUTOTUNE).rebatch(batch_size)
