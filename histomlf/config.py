@@ -80,7 +80,9 @@ class TrainConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_size < 32:
-            raise ConfigError(f"image_size must be >= 32 (Keras backbones' minimum), got {self.image_size}")
+            raise ConfigError(
+                f"image_size must be >= 32 (Keras backbones' minimum), got {self.image_size}"
+            )
 
     def as_params(self) -> dict[str, Any]:
         """The flat key -> value mapping that gets logged as run parameters."""
@@ -118,7 +120,9 @@ def coerce(name: str, value: Any, target: Any) -> Any:
         if target is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return (
+                int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            )
         if target is float:
             return float(value)
         if target is str:

@@ -17,15 +17,24 @@ pytestmark = pytest.mark.slow
 
 
 def histomlf(tmp_path: Path, *args: str, timeout: int = 600) -> str:
-    done = subprocess.run([sys.executable, "-m", "histomlf", *args], env=tracking_env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "histomlf", *args],
+        env=tracking_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
 
 
 def test_cv_nests_one_run_per_fold_with_mean_and_sd(tmp_path: Path, idc_sample: Path) -> None:
-    mlflow_run(tmp_path, "cv", {"data_dir": str(idc_sample), "experiment": "smoke", "folds": "3",
-                                "max_samples": "96"}, "cv-e2e")
+    mlflow_run(
+        tmp_path,
+        "cv",
+        {"data_dir": str(idc_sample), "experiment": "smoke", "folds": "3", "max_samples": "96"},
+        "cv-e2e",
+    )
     client = MlflowClient(tracking_env(tmp_path)["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("cv-e2e")
     runs = client.search_runs([experiment.experiment_id])
@@ -41,18 +50,35 @@ def test_cv_nests_one_run_per_fold_with_mean_and_sd(tmp_path: Path, idc_sample: 
     # folds test disjoint patients that together cover all of them
     test_patients = []
     for child in children:
-        path = client.download_artifacts(child.info.run_id, "data/split.csv", str(tmp_path / child.info.run_id))
+        path = client.download_artifacts(
+            child.info.run_id, "data/split.csv", str(tmp_path / child.info.run_id)
+        )
         split = pd.read_csv(path, dtype={"patient_id": str})
         test_patients += split.loc[split["split"] == "test", "patient_id"].tolist()
     assert len(test_patients) == len(set(test_patients)) == 52
 
 
 def test_evaluate_and_predict_a_trained_model(tmp_path: Path, idc_sample: Path) -> None:
-    trained = json.loads(histomlf(tmp_path, "train", "--experiment", "smoke", "--data-dir",
-                                  str(idc_sample), "--max-samples", "0", "--json").strip().splitlines()[-1])
+    trained = json.loads(
+        histomlf(
+            tmp_path,
+            "train",
+            "--experiment",
+            "smoke",
+            "--data-dir",
+            str(idc_sample),
+            "--max-samples",
+            "0",
+            "--json",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
     model_uri = trained["model_uri"]
 
-    evaluated = json.loads(histomlf(tmp_path, "evaluate", model_uri, str(idc_sample)).strip().splitlines()[-1])
+    evaluated = json.loads(
+        histomlf(tmp_path, "evaluate", model_uri, str(idc_sample)).strip().splitlines()[-1]
+    )
     # the training run's own split and threshold: the same test numbers as training logged
     for key in ("test_roc_auc", "test_accuracy", "test_f1"):
         assert evaluated["metrics"][key] == pytest.approx(trained["metrics"][key], abs=1e-6), key

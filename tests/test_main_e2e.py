@@ -56,8 +56,12 @@ def test_main_registers_gates_and_serves(tmp_path: Path, idc_sample: Path) -> No
     assert "digest" in third.tags["gate_reason"]
 
     paths = sample_patches(idc_sample, full=5, border=2)
-    payload = {"dataframe_split": {"columns": ["image"], "data": [
-        [base64.b64encode(p.read_bytes()).decode()] for p in paths]}}
+    payload = {
+        "dataframe_split": {
+            "columns": ["image"],
+            "data": [[base64.b64encode(p.read_bytes()).decode()] for p in paths],
+        }
+    }
     with isolated_tracking():
         mlflow.set_tracking_uri(uri)
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
@@ -71,8 +75,10 @@ def test_main_registers_gates_and_serves(tmp_path: Path, idc_sample: Path) -> No
         rows = answer.json()["predictions"]
         got = np.array([row["probability"] for row in rows])
         np.testing.assert_allclose(got, expected, atol=1e-5)
-        bad = post_json(f"{served.url}/invocations",
-                        {"dataframe_split": {"columns": ["image"], "data": [["not base64!"]]}})
+        bad = post_json(
+            f"{served.url}/invocations",
+            {"dataframe_split": {"columns": ["image"], "data": [["not base64!"]]}},
+        )
         assert 400 <= bad.status < 500 and "base64" in bad.body
         again = post_json(f"{served.url}/invocations", payload)
         assert again.status == 200

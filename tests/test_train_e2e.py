@@ -11,21 +11,52 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
-
-from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 SPLITS = ("train", "val", "test", "test_patient")
-NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc",
-         "pr_auc", "brier", "ece", "loss")
-CONFIG_KEYS = ("model", "weights", "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers",
-               "learning_rate", "fine_tune_learning_rate", "optimizer", "batch_size", "dropout",
-               "dense_units", "augment", "balance", "early_stopping_patience", "threshold_policy",
-               "gate_metric", "max_samples", "seed", "data_dir", "val_fraction", "test_fraction",
-               "register_as", "experiment")
+NAMES = (
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "balanced_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+    "ece",
+    "loss",
+)
+CONFIG_KEYS = (
+    "model",
+    "weights",
+    "image_size",
+    "epochs",
+    "fine_tune_epochs",
+    "fine_tune_layers",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "optimizer",
+    "batch_size",
+    "dropout",
+    "dense_units",
+    "augment",
+    "balance",
+    "early_stopping_patience",
+    "threshold_policy",
+    "gate_metric",
+    "max_samples",
+    "seed",
+    "data_dir",
+    "val_fraction",
+    "test_fraction",
+    "register_as",
+    "experiment",
+)
 
 
 def tracking_env(tmp_path: Path) -> dict[str, str]:
@@ -37,14 +68,26 @@ def tracking_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def mlflow_run(tmp_path: Path, entry: str, params: dict[str, str], experiment: str,
-               timeout: int = 900) -> subprocess.CompletedProcess:
+def mlflow_run(
+    tmp_path: Path, entry: str, params: dict[str, str], experiment: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
     env = tracking_env(tmp_path)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     if client.get_experiment_by_name(experiment) is None:
         client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-e", entry,
-               "--env-manager", "local", "--experiment-name", experiment]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO_ROOT),
+        "-e",
+        entry,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
+    ]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -68,10 +111,21 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet50"])
 def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, backbone: str) -> None:
-    mlflow_run(tmp_path, "train", {
-        "data_dir": str(idc_sample), "model": backbone, "weights": "none", "max_samples": "64",
-        "epochs": "1", "batch_size": "16", "learning_rate": "1e-3", "experiment": "smoke",
-    }, "e2e")
+    mlflow_run(
+        tmp_path,
+        "train",
+        {
+            "data_dir": str(idc_sample),
+            "model": backbone,
+            "weights": "none",
+            "max_samples": "64",
+            "epochs": "1",
+            "batch_size": "16",
+            "learning_rate": "1e-3",
+            "experiment": "smoke",
+        },
+        "e2e",
+    )
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = only_run(client, "e2e")
     assert run.info.status == "FINISHED"
@@ -89,15 +143,25 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
     assert run.data.tags.get("mlflow.parentRunId") is None
 
     artifacts = artifact_paths(client, run.info.run_id)
-    for path in ("config/resolved.yaml", "data/split.csv", "predictions/test_predictions.csv",
-                 "evaluation/test_confusion_matrix.png", "evaluation/test_confusion_matrix.json",
-                 "evaluation/test_roc.png", "evaluation/test_pr.png",
-                 "evaluation/test_reliability.png", "evaluation/training_curves.png",
-                 "environment/pip-freeze.txt", "environment/facts.json"):
+    for path in (
+        "config/resolved.yaml",
+        "data/split.csv",
+        "predictions/test_predictions.csv",
+        "evaluation/test_confusion_matrix.png",
+        "evaluation/test_confusion_matrix.json",
+        "evaluation/test_roc.png",
+        "evaluation/test_pr.png",
+        "evaluation/test_reliability.png",
+        "evaluation/training_curves.png",
+        "environment/pip-freeze.txt",
+        "environment/facts.json",
+    ):
         assert path in artifacts, sorted(artifacts)
     assert any(p.startswith("model") or "MLmodel" in p for p in artifacts) or run.outputs
 
-    local = client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv", str(tmp_path))
+    local = client.download_artifacts(
+        run.info.run_id, "predictions/test_predictions.csv", str(tmp_path)
+    )
     predictions = pd.read_csv(local)
     y, p = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
     threshold = metrics["decision_threshold"]
@@ -105,7 +169,9 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
     assert np.array_equal(y_hat, predictions["predicted"].to_numpy())
     assert metrics["test_accuracy"] == pytest.approx(skm.accuracy_score(y, y_hat))
     assert metrics["test_f1"] == pytest.approx(skm.f1_score(y, y_hat, zero_division=0))
-    assert metrics["test_precision"] == pytest.approx(skm.precision_score(y, y_hat, zero_division=0))
+    assert metrics["test_precision"] == pytest.approx(
+        skm.precision_score(y, y_hat, zero_division=0)
+    )
     assert metrics["test_recall"] == pytest.approx(skm.recall_score(y, y_hat, zero_division=0))
     assert metrics["test_balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, y_hat))
     assert metrics["test_specificity"] == pytest.approx(skm.recall_score(y, y_hat, pos_label=0))
@@ -119,8 +185,21 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
 
 def test_cpu_rerun_reproduces_the_metrics(tmp_path: Path, idc_sample: Path) -> None:
     env = tracking_env(tmp_path)
-    command = [sys.executable, "-m", "histomlf", "train", "--experiment", "smoke", "--data-dir",
-               str(idc_sample), "--max-samples", "160", "--epochs", "2", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "histomlf",
+        "train",
+        "--experiment",
+        "smoke",
+        "--data-dir",
+        str(idc_sample),
+        "--max-samples",
+        "160",
+        "--epochs",
+        "2",
+        "--json",
+    ]
     results = []
     for _ in range(2):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -134,10 +213,17 @@ def test_cpu_rerun_reproduces_the_metrics(tmp_path: Path, idc_sample: Path) -> N
 
 def test_bad_config_is_one_line_error(tmp_path: Path, idc_sample: Path) -> None:
     env = tracking_env(tmp_path)
-    for args, message in ((["--model", "vgg17"], "vgg17"), (["--augment", "heavy"], "augment"),
-                          (["--experiment", "nope"], "unknown experiment")):
-        done = subprocess.run([sys.executable, "-m", "histomlf", "train", "--data-dir",
-                               str(idc_sample), *args], env=env, capture_output=True, text=True,
-                              timeout=300)
+    for args, message in (
+        (["--model", "vgg17"], "vgg17"),
+        (["--augment", "heavy"], "augment"),
+        (["--experiment", "nope"], "unknown experiment"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "histomlf", "train", "--data-dir", str(idc_sample), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode != 0
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]

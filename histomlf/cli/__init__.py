@@ -10,8 +10,8 @@ import click
 
 from histomlf import __version__
 from histomlf.cli.data import data
-from histomlf.cli.evaluate import cv, evaluate, predict
 from histomlf.cli.data_s3 import push
+from histomlf.cli.evaluate import cv, evaluate, predict
 from histomlf.cli.registry import registry
 from histomlf.cli.server import server
 from histomlf.cli.train import train

@@ -9,4 +9,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from histomlf.models.weights import WeightsUnavailableError
     from histomlf.tracking.probe import TrackingUnavailable
 
-    return (ValueError, FileNotFoundError, S3SyncError, WeightsUnavailableError, TrackingUnavailable)
+    return (
+        ValueError,
+        FileNotFoundError,
+        S3SyncError,
+        WeightsUnavailableError,
+        TrackingUnavailable,
+    )

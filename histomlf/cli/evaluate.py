@@ -15,10 +15,18 @@ from histomlf.config import DEFAULT_EXPERIMENT
 @click.command()
 @click.argument("model_uri")
 @click.argument("data")
-@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test",
-              show_default=True, help="which patient split to score; `all` scores every row")
-@click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="patient split CSV (default: the one the model's training run logged)")
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val", "train", "all"]),
+    default="test",
+    show_default=True,
+    help="which patient split to score; `all` scores every row",
+)
+@click.option(
+    "--split-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="patient split CSV (default: the one the model's training run logged)",
+)
 def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> None:
     """Score MODEL_URI on DATA (a dataset folder or manifest CSV) and log the metrics."""
     from histomlf.tracking.evaluate_run import evaluate_and_log
@@ -33,8 +41,13 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 @click.command()
 @click.argument("model_uri")
 @click.argument("data")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("predictions.csv"),
-              show_default=True, help="per-patch CSV; the per-patient summary goes beside it")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("predictions.csv"),
+    show_default=True,
+    help="per-patch CSV; the per-patient summary goes beside it",
+)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
@@ -48,8 +61,13 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
 
 
 @click.command()
-@click.option("--experiment", "-e", default=DEFAULT_EXPERIMENT, show_default=True,
-              help="experiment file or name under experiments/")
+@click.option(
+    "--experiment",
+    "-e",
+    default=DEFAULT_EXPERIMENT,
+    show_default=True,
+    help="experiment file or name under experiments/",
+)
 @click.option("--folds", type=int, default=5, show_default=True, help="number of patient folds")
 @train_config_options
 def cv(experiment: str, folds: int, **options) -> None:

@@ -69,13 +69,17 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in names and v not in (None, "")}
 
 
-def load_checked_config(experiment: str, options: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+def load_checked_config(
+    experiment: str, options: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any]]:
     """Load an experiment plus CLI overrides and check names that only other modules know
     (backbone, threshold policy, gate metric), so a typo fails before any run is opened."""
     from histomlf.config import ConfigError, load_experiment
 
     try:
-        config, sections = load_experiment(experiment, overrides_from(options), sections=("search",))
+        config, sections = load_experiment(
+            experiment, overrides_from(options), sections=("search",)
+        )
         check_names(config)
     except ConfigError as error:
         raise click.ClickException(str(error)) from error
@@ -95,4 +99,6 @@ def check_names(config: TrainConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"threshold_policy: {error}") from error
     if config.gate_metric.removeprefix("test_") not in METRIC_NAMES:
-        raise ConfigError(f"gate_metric must be one of {', '.join(METRIC_NAMES)}; got {config.gate_metric!r}")
+        raise ConfigError(
+            f"gate_metric must be one of {', '.join(METRIC_NAMES)}; got {config.gate_metric!r}"
+        )

@@ -12,10 +12,17 @@ from histomlf.config import DEFAULT_EXPERIMENT
 
 
 @click.command()
-@click.option("--experiment", "-e", default=DEFAULT_EXPERIMENT, show_default=True,
-              help="experiment file or name under experiments/")
+@click.option(
+    "--experiment",
+    "-e",
+    default=DEFAULT_EXPERIMENT,
+    show_default=True,
+    help="experiment file or name under experiments/",
+)
 @train_config_options
-@click.option("--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON")
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON"
+)
 def train(experiment: str, as_json: bool, **options) -> None:
     """Train one backbone on a patient-level split and log everything to MLflow."""
     config, _ = load_checked_config(experiment, options)
@@ -36,6 +43,8 @@ def train(experiment: str, as_json: bool, **options) -> None:
     gate = result.get("gate")
     if gate is not None:
         click.echo(f"registry: {gate.name} v{gate.version} -> {gate.alias} ({gate.reason})")
-        click.echo("serve it:  mlflow models serve -m "
-                   f"models:/{gate.name}@champion --env-manager local -p 5001")
+        click.echo(
+            "serve it:  mlflow models serve -m "
+            f"models:/{gate.name}@champion --env-manager local -p 5001"
+        )
     click.echo("compare runs:  mlflow ui  (then open http://127.0.0.1:5000)")

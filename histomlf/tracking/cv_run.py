@@ -45,22 +45,38 @@ def cv_and_log(config: TrainConfig, folds: int) -> dict[str, Any]:
         mlflow.set_tag("histomlf.kind", "cv")
         data_dir, _ = resolve_data_dir(config)
         manifest = scan_to_cache(data_dir).manifest
-        fold_splits = patient_kfold(manifest, folds, seed=config.seed, val_fraction=config.val_fraction)
+        fold_splits = patient_kfold(
+            manifest, folds, seed=config.seed, val_fraction=config.val_fraction
+        )
         fold_metrics, rows = [], []
         for index, split in enumerate(fold_splits):
             with mlflow.start_run(run_name=f"fold-{index}", nested=True) as child:
                 mlflow.set_tags({"histomlf.kind": "cv-fold", "histomlf.fold": str(index)})
-                mlflow.log_params({**{k: str(v) for k, v in config.as_params().items()}, "fold": index})
+                mlflow.log_params(
+                    {**{k: str(v) for k, v in config.as_params().items()}, "fold": index}
+                )
                 data = prepare_data(config, split=split)
                 log_data(data)
-                outcome = train(config, work_dir=cache_root() / "runs" / child.info.run_id,
-                                callbacks=[MlflowEpochLogger()], data=data)
+                outcome = train(
+                    config,
+                    work_dir=cache_root() / "runs" / child.info.run_id,
+                    callbacks=[MlflowEpochLogger()],
+                    data=data,
+                )
                 log_split_scores(outcome)
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)
-                rows.append({"fold": index, "run_id": child.info.run_id,
-                             "seconds": sum(outcome.seconds.values()),
-                             **{k: metrics[k] for k in ("test_roc_auc", "test_balanced_accuracy", "test_f1")}})
+                rows.append(
+                    {
+                        "fold": index,
+                        "run_id": child.info.run_id,
+                        "seconds": sum(outcome.seconds.values()),
+                        **{
+                            k: metrics[k]
+                            for k in ("test_roc_auc", "test_balanced_accuracy", "test_f1")
+                        },
+                    }
+                )
         summary = summarise_folds(fold_metrics)
         mlflow.log_metrics(summary)
         table = pd.DataFrame(rows)

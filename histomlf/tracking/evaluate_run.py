@@ -10,7 +10,12 @@ import mlflow
 import pandas as pd
 
 from histomlf.tracking import runs
-from histomlf.tracking.scoring import load_model, metrics_at_model_threshold, predict_rows, source_run_split
+from histomlf.tracking.scoring import (
+    load_model,
+    metrics_at_model_threshold,
+    predict_rows,
+    source_run_split,
+)
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -38,41 +43,64 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
     return rows
 
 
-def evaluate_and_log(model_uri: str, data: str, *, split: str = "test",
-                     split_file: Path | None = None) -> dict[str, Any]:
+def evaluate_and_log(
+    model_uri: str, data: str, *, split: str = "test", split_file: Path | None = None
+) -> dict[str, Any]:
     """Score `model_uri` on a split (by default the one its training run logged) and log it."""
     manifest, digest, source = manifest_for(data)
     with runs.active_run(run_name=f"evaluate-{split}") as run, tempfile.TemporaryDirectory() as tmp:
-        split_file = split_file or (source_run_split(model_uri, Path(tmp)) if split != "all" else None)
+        split_file = split_file or (
+            source_run_split(model_uri, Path(tmp)) if split != "all" else None
+        )
         if split != "all" and split_file is None:
-            raise ValueError(f"no split file given and {model_uri} has no logged data/split.csv; "
-                             "pass --split-file or --split all")
+            raise ValueError(
+                f"no split file given and {model_uri} has no logged data/split.csv; "
+                "pass --split-file or --split all"
+            )
         rows = select_split(manifest, split, split_file)
         predictions = predict_rows(load_model(model_uri), rows, progress=True)
         metrics = metrics_at_model_threshold(rows["label"].to_numpy(), predictions)
         prefix = "eval" if split == "all" else split
         mlflow.log_metrics({f"{prefix}_{k}": v for k, v in metrics.items()})
-        mlflow.set_tags({"histomlf.kind": "evaluate", "histomlf.model_uri": model_uri,
-                         "histomlf.data_digest": digest, "histomlf.split": split})
-        runs.log_resolved_params({"model_uri": model_uri, "data": source, "split": split,
-                                  "patches": len(rows)})
+        mlflow.set_tags(
+            {
+                "histomlf.kind": "evaluate",
+                "histomlf.model_uri": model_uri,
+                "histomlf.data_digest": digest,
+                "histomlf.split": split,
+            }
+        )
+        runs.log_resolved_params(
+            {"model_uri": model_uri, "data": source, "split": split, "patches": len(rows)}
+        )
         out = rows[["path", "patient_id", "x", "y", "label"]].join(
-            predictions.rename(columns={"label": "predicted"}))
+            predictions.rename(columns={"label": "predicted"})
+        )
         runs.log_frame(out, "predictions/predictions.csv")
-        return {"run_id": run.info.run_id, "metrics": {f"{prefix}_{k}": v for k, v in metrics.items()}}
+        return {
+            "run_id": run.info.run_id,
+            "metrics": {f"{prefix}_{k}": v for k, v in metrics.items()},
+        }
 
 
-def predict_to_files(model_uri: str, data: str, out: Path, *, batch_size: int = 256) -> tuple[Path, Path]:
+def predict_to_files(
+    model_uri: str, data: str, out: Path, *, batch_size: int = 256
+) -> tuple[Path, Path]:
     """Write one row per patch and a per-patient summary beside it; logs nothing."""
     manifest, _, _ = manifest_for(data)
-    predictions = predict_rows(load_model(model_uri), manifest, batch_size=batch_size, progress=True)
+    predictions = predict_rows(
+        load_model(model_uri), manifest, batch_size=batch_size, progress=True
+    )
     table = manifest[["path", "patient_id", "x", "y"]].reset_index(drop=True).join(predictions)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     patients = (
         table.groupby("patient_id")
-        .agg(patches=("path", "size"), mean_probability=("probability", "mean"),
-             predicted_positive=("label", "sum"))
+        .agg(
+            patches=("path", "size"),
+            mean_probability=("probability", "mean"),
+            predicted_positive=("label", "sum"),
+        )
         .reset_index()
     )
     patients["predicted_positive_fraction"] = patients["predicted_positive"] / patients["patches"]

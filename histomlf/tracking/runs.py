@@ -27,7 +27,9 @@ DEFAULT_EXPERIMENT_NAME = "histomlf"
 
 
 @contextlib.contextmanager
-def active_run(run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+def active_run(
+    run_name: str | None = None, tags: Mapping[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """Attach to the run `mlflow run` opened, or open one; system metrics are sampled.
 
     A remote tracking server is probed first (short timeouts, no long retries), and once the
@@ -37,8 +39,11 @@ def active_run(run_name: str | None = None, tags: Mapping[str, str] | None = Non
     probe_tracking()
     if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT_NAME))
-    with mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
-                          tags=dict(tags or {}), log_system_metrics=True) as run:
+    with mlflow.start_run(
+        run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
+        tags=dict(tags or {}),
+        log_system_metrics=True,
+    ) as run:
         probe_tracking(run_id=run.info.run_id)
         yield run
 
@@ -84,14 +89,19 @@ def log_config(config: TrainConfig, extra: Mapping[str, Any] | None = None) -> N
     mlflow.log_text(yaml.safe_dump(document, sort_keys=True), "config/resolved.yaml")
 
 
-def log_dataset(manifest, *, source: str, digest: str, name: str, context: str = "training") -> None:
+def log_dataset(
+    manifest, *, source: str, digest: str, name: str, context: str = "training"
+) -> None:
     """Log the manifest as an MLflow dataset input carrying histomlf's whole-manifest digest."""
     columns = [c for c in ("patient_id", "x", "y", "label", "width", "height") if c in manifest]
     dataset = mlflow.data.from_pandas(
         manifest[columns].head(1000), source=source, targets="label", name=name, digest=digest[:32]
     )
-    mlflow.log_input(dataset, context=context, tags={"histomlf.data_digest": digest,
-                                                      "patches": str(len(manifest))})
+    mlflow.log_input(
+        dataset,
+        context=context,
+        tags={"histomlf.data_digest": digest, "patches": str(len(manifest))},
+    )
 
 
 def log_figure(figure, artifact_file: str) -> None:
@@ -105,7 +115,9 @@ def log_frame(frame, artifact_file: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         frame.to_csv(path, index=False)
-        mlflow.log_artifact(str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+        mlflow.log_artifact(
+            str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None
+        )
 
 
 def log_environment() -> dict[str, Any]:

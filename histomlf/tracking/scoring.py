@@ -19,8 +19,14 @@ def load_model(model_uri: str):
     return mlflow.pyfunc.load_model(model_uri)
 
 
-def predict_rows(model: Any, rows: pd.DataFrame, *, packed: Any = None, batch_size: int = 256,
-                 progress: bool = False) -> pd.DataFrame:
+def predict_rows(
+    model: Any,
+    rows: pd.DataFrame,
+    *,
+    packed: Any = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> pd.DataFrame:
     """`probability` and `label` per row, in row order, streamed through the eval pipeline."""
     from histomlf.data.pipeline import make_dataset
     from histomlf.tracking.pyfunc import predict_patches
@@ -31,7 +37,11 @@ def predict_rows(model: Any, rows: pd.DataFrame, *, packed: Any = None, batch_si
         for images, _ in dataset:
             frames.append(predict_patches(model, np.asarray(images)))
             bar.update(len(frames[-1]))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["probability", "label"])
+    out = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["probability", "label"])
+    )
     if len(out) != len(rows):
         raise RuntimeError(f"got {len(out)} predictions for {len(rows)} rows")
     return out
@@ -54,7 +64,10 @@ def source_run_split(model_uri: str, target_dir: Path) -> Path | None:
         run_id = mlflow.models.get_model_info(model_uri).run_id
         if not run_id:
             return None
-        return Path(mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="data/split.csv", dst_path=str(target_dir)))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="data/split.csv", dst_path=str(target_dir)
+            )
+        )
     except Exception:  # noqa: BLE001 - a model without a logged split is evaluated on given rows
         return None

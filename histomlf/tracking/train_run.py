@@ -6,8 +6,6 @@ final metrics, plots, predictions, environment, model) and applies the registry 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -30,37 +28,61 @@ def log_split_scores(outcome, prefix: str = "") -> None:
     mlflow.log_metrics(outcome.metrics(), step=final_step)
     test = outcome.test
     labels = test.rows["label"].to_numpy()
-    runs.log_json(confusion(labels, test.probabilities, outcome.threshold), "evaluation/test_confusion_matrix.json")
-    runs.log_figure(plots.confusion_matrix_figure(labels, test.probabilities, outcome.threshold),
-                    "evaluation/test_confusion_matrix.png")
-    runs.log_figure(plots.roc_figure(labels, test.probabilities, outcome.threshold), "evaluation/test_roc.png")
-    runs.log_figure(plots.pr_figure(labels, test.probabilities, outcome.threshold), "evaluation/test_pr.png")
-    runs.log_figure(plots.reliability_figure(labels, test.probabilities), "evaluation/test_reliability.png")
-    runs.log_figure(plots.training_curves_figure(outcome.fit.history, getattr(outcome.fit, "phases", None)),
-                    "evaluation/training_curves.png")
+    runs.log_json(
+        confusion(labels, test.probabilities, outcome.threshold),
+        "evaluation/test_confusion_matrix.json",
+    )
+    runs.log_figure(
+        plots.confusion_matrix_figure(labels, test.probabilities, outcome.threshold),
+        "evaluation/test_confusion_matrix.png",
+    )
+    runs.log_figure(
+        plots.roc_figure(labels, test.probabilities, outcome.threshold), "evaluation/test_roc.png"
+    )
+    runs.log_figure(
+        plots.pr_figure(labels, test.probabilities, outcome.threshold), "evaluation/test_pr.png"
+    )
+    runs.log_figure(
+        plots.reliability_figure(labels, test.probabilities), "evaluation/test_reliability.png"
+    )
+    runs.log_figure(
+        plots.training_curves_figure(outcome.fit.history, getattr(outcome.fit, "phases", None)),
+        "evaluation/training_curves.png",
+    )
     runs.log_frame(test.predictions_frame(outcome.threshold), "predictions/test_predictions.csv")
-    runs.log_frame(outcome.val.predictions_frame(outcome.threshold), "predictions/val_predictions.csv")
+    runs.log_frame(
+        outcome.val.predictions_frame(outcome.threshold), "predictions/val_predictions.csv"
+    )
     runs.log_frame(outcome.patient_table, "predictions/test_patients.csv")
-    runs.log_json({k: list(v) for k, v in outcome.test_ci.items()}, "evaluation/test_bootstrap_ci.json")
+    runs.log_json(
+        {k: list(v) for k, v in outcome.test_ci.items()}, "evaluation/test_bootstrap_ci.json"
+    )
 
 
 def log_data(data) -> None:
-    runs.log_dataset(data.manifest, source=str(data.data_dir), digest=data.data_digest, name="idc-manifest")
+    runs.log_dataset(
+        data.manifest, source=str(data.data_dir), digest=data.data_digest, name="idc-manifest"
+    )
     runs.log_frame(data.split, "data/split.csv")
     runs.log_json(data.scan_stats, "data/scan.json")
     counts = {
         f"{name}_{what}": value
         for name, rows in data.rows.items()
-        for what, value in (("patches", len(rows)), ("patients", rows["patient_id"].nunique()),
-                            ("positives", int(rows["label"].sum())))
+        for what, value in (
+            ("patches", len(rows)),
+            ("patients", rows["patient_id"].nunique()),
+            ("positives", int(rows["label"].sum())),
+        )
     }
     mlflow.log_params(counts)
-    mlflow.set_tags({
-        "histomlf.data_digest": data.data_digest,
-        "histomlf.split_digest": data.split_digest,
-        "histomlf.data_source": data.data_source,
-        "histomlf.data_dir": str(data.data_dir),
-    })
+    mlflow.set_tags(
+        {
+            "histomlf.data_digest": data.data_digest,
+            "histomlf.split_digest": data.split_digest,
+            "histomlf.data_source": data.data_source,
+            "histomlf.data_dir": str(data.data_dir),
+        }
+    )
 
 
 def gate_score(model_uri: str, data, metric: str) -> float:
@@ -89,10 +111,17 @@ def train_and_log(config: TrainConfig, *, run_name: str | None = None) -> dict[s
         info = log_patch_classifier(
             outcome.model,
             threshold=outcome.threshold,
-            metadata={"model": config.model, "data_digest": data.data_digest,
-                      "split_digest": data.split_digest},
+            metadata={
+                "model": config.model,
+                "data_digest": data.data_digest,
+                "split_digest": data.split_digest,
+            },
         )
-        result = {"run_id": run.info.run_id, "model_uri": info.model_uri, "metrics": outcome.metrics()}
+        result = {
+            "run_id": run.info.run_id,
+            "model_uri": info.model_uri,
+            "metrics": outcome.metrics(),
+        }
         if config.register_as:
             result["gate"] = register(config, outcome, info.model_uri, run.info.run_id)
         return result
@@ -108,9 +137,15 @@ def register(config: TrainConfig, outcome, model_uri: str, run_id: str):
         config.register_as,
         gate_metric=metric,
         new_score=float(outcome.test.metrics[metric]),
-        digests={"data_digest": outcome.data.data_digest, "split_digest": outcome.data.split_digest},
-        tags={"model": config.model, "experiment": config.experiment,
-              **{k: str(v) for k, v in git_state().items()}},
+        digests={
+            "data_digest": outcome.data.data_digest,
+            "split_digest": outcome.data.split_digest,
+        },
+        tags={
+            "model": config.model,
+            "experiment": config.experiment,
+            **{k: str(v) for k, v in git_state().items()},
+        },
         score_champion=lambda uri: gate_score(uri, outcome.data, metric),
     )
     return decision

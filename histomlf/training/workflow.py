@@ -105,8 +105,10 @@ def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
         return Path(given).expanduser().resolve(), "folder"
     from histomlf.data.synth import generate_dataset
 
-    target = cache_root() / "synthetic" / "default-{patients}x{patches_per_patient}-seed{seed}".format(
-        **SYNTHETIC_DEFAULT
+    target = (
+        cache_root()
+        / "synthetic"
+        / "default-{patients}x{patches_per_patient}-seed{seed}".format(**SYNTHETIC_DEFAULT)
     )
     marker = target / ".complete"
     if not marker.exists():
@@ -169,7 +171,9 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
     )
 
 
-def predict_probabilities(model: Any, rows: pd.DataFrame, data: PreparedData, batch_size: int) -> np.ndarray:
+def predict_probabilities(
+    model: Any, rows: pd.DataFrame, data: PreparedData, batch_size: int
+) -> np.ndarray:
     """IDC probabilities for `rows` in row order, streamed through the eval pipeline."""
     from histomlf.data.pipeline import make_dataset
 
@@ -177,11 +181,15 @@ def predict_probabilities(model: Any, rows: pd.DataFrame, data: PreparedData, ba
     chunks = [np.asarray(model(images, training=False)).reshape(-1) for images, _ in dataset]
     probabilities = np.concatenate(chunks) if chunks else np.zeros(0)
     if len(probabilities) != len(rows):
-        raise RuntimeError(f"pipeline returned {len(probabilities)} predictions for {len(rows)} rows")
+        raise RuntimeError(
+            f"pipeline returned {len(probabilities)} predictions for {len(rows)} rows"
+        )
     return probabilities.astype(np.float64)
 
 
-def score_split(model: Any, rows: pd.DataFrame, data: PreparedData, threshold: float, batch_size: int) -> SplitScores:
+def score_split(
+    model: Any, rows: pd.DataFrame, data: PreparedData, threshold: float, batch_size: int
+) -> SplitScores:
     from histomlf.evaluation.metrics import classification_metrics
 
     probabilities = predict_probabilities(model, rows, data, batch_size)
@@ -189,7 +197,9 @@ def score_split(model: Any, rows: pd.DataFrame, data: PreparedData, threshold: f
     return SplitScores(rows=rows, probabilities=probabilities, metrics=metrics)
 
 
-def build_and_fit(config: TrainConfig, data: PreparedData, *, work_dir: Path, callbacks: Sequence[Any] = ()):
+def build_and_fit(
+    config: TrainConfig, data: PreparedData, *, work_dir: Path, callbacks: Sequence[Any] = ()
+):
     """Create the backbone and run the two-phase fit; returns (model, FitResult)."""
     from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
     from histomlf.models import create_model
@@ -206,8 +216,12 @@ def build_and_fit(config: TrainConfig, data: PreparedData, *, work_dir: Path, ca
         packed=data.packed,
         repeat=True,
     )
-    val_ds = make_dataset(val_rows, batch_size=config.batch_size, training=False, packed=data.packed)
-    weights = class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
+    val_ds = make_dataset(
+        val_rows, batch_size=config.batch_size, training=False, packed=data.packed
+    )
+    weights = (
+        class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
+    )
     model = create_model(
         config.model,
         weights=config.weights,
@@ -236,11 +250,15 @@ def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> dict[
 
     val_probabilities = predict_probabilities(model, data.rows["val"], data, config.batch_size)
     threshold = float(
-        choose_threshold(data.rows["val"]["label"].to_numpy(), val_probabilities, config.threshold_policy)
+        choose_threshold(
+            data.rows["val"]["label"].to_numpy(), val_probabilities, config.threshold_policy
+        )
     )
     val = score_split(model, data.rows["val"], data, threshold, config.batch_size)
     test = score_split(model, data.rows["test"], data, threshold, config.batch_size)
-    train_rows = limit_rows(data.rows["train"], TRAIN_METRICS_MAX_ROWS, config.seed).reset_index(drop=True)
+    train_rows = limit_rows(data.rows["train"], TRAIN_METRICS_MAX_ROWS, config.seed).reset_index(
+        drop=True
+    )
     train = score_split(model, train_rows, data, threshold, config.batch_size)
     labels = test.rows["label"].to_numpy()
     patients = test.rows["patient_id"].to_numpy()
@@ -249,8 +267,12 @@ def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> dict[
         "val": val,
         "test": test,
         "train": train,
-        "test_patient_metrics": per_patient_metrics(labels, test.probabilities, patients, threshold),
-        "test_ci": patient_bootstrap_ci(labels, test.probabilities, patients, threshold, seed=config.seed),
+        "test_patient_metrics": per_patient_metrics(
+            labels, test.probabilities, patients, threshold
+        ),
+        "test_ci": patient_bootstrap_ci(
+            labels, test.probabilities, patients, threshold, seed=config.seed
+        ),
         "patient_table": patient_summary(labels, test.probabilities, patients, threshold),
     }
 
