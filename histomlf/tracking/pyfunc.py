@@ -81,7 +81,8 @@ class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         self.threshold = _check_threshold(config.get(config_key("threshold")))
         limits = {
-            key: int(config.get(config_key(key), default)) for key, default in DEFAULT_LIMITS.items()
+            key: int(config.get(config_key(key), default))
+            for key, default in DEFAULT_LIMITS.items()
         }
         self.max_images, self.max_bytes = limits["max_images"], limits["max_bytes"]
         self.max_pixels, self.batch_size = limits["max_pixels"], limits["batch_size"]
@@ -161,9 +162,7 @@ def predict_patches(
     `PyFuncModel.predict` checks input against the string signature, which arrays can't pass;
     this goes to the `IdcPatchClassifier` underneath with the same validation and output.
     """
-    python_model = (
-        model if isinstance(model, IdcPatchClassifier) else model.unwrap_python_model()
-    )
+    python_model = model if isinstance(model, IdcPatchClassifier) else model.unwrap_python_model()
     if not isinstance(python_model, IdcPatchClassifier):
         raise TypeError(f"not an IDC patch classifier: {type(python_model).__name__}")
     return python_model.predict(None, images)
