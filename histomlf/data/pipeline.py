@@ -92,6 +92,10 @@ def make_dataset(
             lambda batch, batch_seed: (augment_batch(batch[0], batch_seed, augment), batch[1]),
             num_parallel_calls=AUTOTUNE,
         )
+    if not training:
+        # A known length lets Keras validate without the "ran out of data" warning.
+        batches = -(-len(rows) // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     if repeat:
         dataset = dataset.repeat()
     return dataset.prefetch(AUTOTUNE)
