@@ -22,6 +22,7 @@ from test_tune_e2e import (
     run_ok,
     runs_of,
     searches,
+    session_cache,
     store,
     trial_runs,
     tune_command,
@@ -30,6 +31,11 @@ from test_tune_e2e import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return session_cache(tmp_path_factory)
 
 TUNED = ("learning_rate", "dropout", "dense_units")
 

@@ -34,10 +34,16 @@ TEST_METRICS = tuple(name.replace("val_", "test_") for name in VAL_METRICS)
 SMOKE = {"max_samples": "100", "epochs": "1", "batch_size": "32"}
 
 
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One histomlf cache for all tuning tests: the sample is scanned and packed once."""
+    path = tmp_path_factory.getbasetemp() / "tune-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One histomlf cache for all tuning tests: the sample is scanned and packed once."""
-    return tmp_path_factory.mktemp("tune-cache")
+    return session_cache(tmp_path_factory)
 
 
 def tune_env(tmp_path: Path, cache: Path) -> dict[str, str]:

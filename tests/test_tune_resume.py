@@ -25,6 +25,7 @@ from test_tune_e2e import (
     run_ok,
     runs_of,
     searches,
+    session_cache,
     store,
     trial_runs,
     tune_command,
@@ -33,6 +34,11 @@ from test_tune_e2e import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return session_cache(tmp_path_factory)
 
 KILL_WAIT_S = 240
 
@@ -115,7 +121,7 @@ def test_hyperband_resumes_an_interrupted_continuation(tmp_path: Path, idc_sampl
 def test_resume_refuses_changes_and_unknown_searches(tmp_path: Path, shared_cache: Path) -> None:
     store(tmp_path)
     env = tune_env(tmp_path, shared_cache)
-    for args, message in ((["--resume", "0" * 32], "no run 000"),
+    for args, message in ((["--resume", "0" * 32], "not found"),
                           (["--resume", "0" * 32, "--dropout", "0.2"], "cannot change dropout")):
         process = subprocess.run(tune_command(args), env=env, cwd=tmp_path, capture_output=True,
                                  text=True, timeout=120)
