@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,57 @@ def test_bad_config_is_one_line_error(tmp_path: Path, idc_sample: Path) -> None:
         )
         assert done.returncode != 0
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, idc_sample: Path) -> None:
+    env = tracking_env(tmp_path)
+    uri = env["MLFLOW_TRACKING_URI"]
+    command = [
+        sys.executable,
+        "-m",
+        "histomlf",
+        "train",
+        "--experiment",
+        "smoke",
+        "--data-dir",
+        str(idc_sample),
+        "--max-samples",
+        "400",
+        "--epochs",
+        "4",
+        "--json",
+    ]
+    first = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 600
+    try:
+        crashed = None
+        while time.monotonic() < deadline and first.poll() is None:
+            found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            steps = {
+                m.step for r in found for m in client.get_metric_history(r.info.run_id, "val_loss")
+            }
+            if 1 in steps:  # two epochs done and backed up
+                crashed = found[0]
+                break
+            time.sleep(0.5)
+        assert crashed is not None, "the first attempt never finished two epochs"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    resumed = client.get_run(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
+    assert resumed.data.tags["histomlf.resumed"] == "true"
+    history = client.get_metric_history(resumed.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]  # 4 epochs + the final score
+    killed = client.get_run(crashed.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["histomlf.resumed_by"] == resumed.info.run_id

@@ -24,6 +24,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         super().__init__()
         self.step_offset = step_offset
         self.run_id = run_id
+        self.logged_steps: set[int] = set()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = {metric_key(k): float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
@@ -32,6 +33,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         if not values:
             return
         step = epoch + self.step_offset
+        self.logged_steps.add(step)
         if self.run_id:
             now = int(time.time() * 1000)
             metrics = [mlflow.entities.Metric(k, v, now, step) for k, v in values.items()]

@@ -6,6 +6,9 @@ final metrics, plots, predictions, environment, model) and applies the registry 
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -16,10 +19,8 @@ from histomlf.paths import cache_root
 from histomlf.tracking import runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
-HIGHER_IS_BETTER = {"loss": False, "brier": False, "ece": False}
 
-
-def log_split_scores(outcome, prefix: str = "") -> None:
+def log_split_scores(outcome) -> None:
     """Metrics, confusion matrix, curves and predictions of a finished outcome."""
     from histomlf.evaluation import plots
     from histomlf.evaluation.metrics import confusion
@@ -85,6 +86,51 @@ def log_data(data) -> None:
     )
 
 
+def resumable_work_dir(config: TrainConfig, data) -> Path:
+    """The fit's work folder, named by what defines the run: config, data and split digests.
+
+    After a crash, rerunning the same command finds the same folder and Keras'
+    `BackupAndRestore` resumes from the last finished epoch; a finished fit empties it, so the
+    next identical run starts fresh.
+    """
+    identity = json.dumps(
+        {**config.as_params(), "data": data.data_digest, "split": data.split_digest},
+        sort_keys=True,
+        default=str,
+    )
+    return cache_root() / "work" / hashlib.sha256(identity.encode()).hexdigest()[:20]
+
+
+def close_crashed_attempts(work_id: str, run_id: str) -> None:
+    """Mark earlier runs of the same work folder that died mid-fit (still RUNNING) as KILLED.
+
+    They are linked to the run that resumes their work (`histomlf.resumed_by`).
+    """
+    mlflow.set_tag("histomlf.work_id", work_id)
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    crashed = client.search_runs(
+        [experiment_id],
+        f"tags.`histomlf.work_id` = '{work_id}' and attributes.status = 'RUNNING'",
+    )
+    for earlier in crashed:
+        if earlier.info.run_id != run_id:
+            client.set_tag(earlier.info.run_id, "histomlf.resumed_by", run_id)
+            client.set_terminated(earlier.info.run_id, status="KILLED")
+
+
+def backfill_epochs(fit_result, logged_steps: set[int]) -> None:
+    """Log the epochs a crashed earlier attempt ran, so the resumed run has every epoch."""
+    from histomlf.tracking.callbacks import metric_key
+
+    for index, epoch in enumerate(fit_result.epochs):
+        if epoch in logged_steps:
+            continue
+        values = {metric_key(k): v[index] for k, v in fit_result.history.items() if index < len(v)}
+        mlflow.log_metrics(values, step=epoch)
+    mlflow.set_tag("histomlf.resumed", "true")
+
+
 def gate_score(model_uri: str, data, metric: str) -> float:
     """Re-score a logged model on the test split of `data` by the gate metric, at its threshold."""
     from histomlf.tracking.scoring import load_model, metrics_at_model_threshold, predict_rows
@@ -104,8 +150,12 @@ def train_and_log(config: TrainConfig, *, run_name: str | None = None) -> dict[s
         runs.log_environment()
         data = prepare_data(config)
         log_data(data)
-        work_dir = cache_root() / "runs" / run.info.run_id
-        outcome = train(config, work_dir=work_dir, callbacks=[MlflowEpochLogger()], data=data)
+        work_dir = resumable_work_dir(config, data)
+        close_crashed_attempts(work_dir.name, run.info.run_id)
+        epoch_logger = MlflowEpochLogger()
+        outcome = train(config, work_dir=work_dir, callbacks=[epoch_logger], data=data)
+        if outcome.fit.resumed:
+            backfill_epochs(outcome.fit, epoch_logger.logged_steps)
         log_split_scores(outcome)
         mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
         info = log_patch_classifier(
