@@ -1,0 +1,185 @@
+"""What MLflow tracking costs: a tracked training run and tuning trials against untracked ones.
+
+    .venv/bin/python -m benchmarks.tracking_overhead [--quick] [--json out.json]
+
+Training: the default recipe on the real sample (simplecnn, light augment, class weights,
+early stopping off so both runs train the same epochs; ~1 minute of training in full mode)
+runs as `histomlf.tracking.train_run.train_and_log` (params, tags, config, environment facts
+and pip freeze, dataset input, per-epoch metrics, system metrics, final metrics, plots,
+predictions, the pyfunc model) and as the untracked `histomlf.training.workflow.train`
+(prepare_data + train: the same fit and evaluation, nothing logged). Each run is a fresh
+process into a fresh sqlite store; scan and packed cache are built beforehand and shared, so
+neither pays them. Untracked and tracked alternate; the best of each counts. Timed: the call
+itself (imports excluded; the process wall time including imports is in the details).
+
+Tuning: a tiny Keras Tuner search (experiments/tune_smoke.yaml, random search) with and
+without `TrialTrackingMixin` (a nested run per trial, params, per-epoch metrics, validation
+confusion matrix); an outer mixin clocks each trial from `on_trial_begin` to `on_trial_end`.
+Target: tracked training wall time <= 1.05x untracked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BENCH_CACHE, SAMPLE_DIR, cli, row, run_python_json
+
+FULL = {"epochs": 8, "max_samples": 0, "repeats": 2, "trials": 4, "trial_samples": 600}
+QUICK = {"epochs": 1, "max_samples": 300, "repeats": 1, "trials": 2, "trial_samples": 100}
+
+
+def train_overrides(plan: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data_dir": str(SAMPLE_DIR),
+        "epochs": plan["epochs"],
+        "max_samples": plan["max_samples"],
+        "early_stopping_patience": 0,
+    }
+
+
+def child_train(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One training run in this process, `tracked` or `untracked`; returns its seconds."""
+    from histomlf.config import load_experiment
+
+    config, _ = load_experiment("default", overrides)
+    started = time.perf_counter()
+    if mode == "prepare":
+        from histomlf.training.workflow import prepare_data
+
+        prepare_data(config)
+    elif mode == "untracked":
+        from histomlf.training.workflow import prepare_data, train
+
+        with tempfile.TemporaryDirectory() as work:
+            outcome = train(config, work_dir=Path(work), data=prepare_data(config))
+        epochs = outcome.fit.epochs_run
+    else:
+        from histomlf.tracking.train_run import train_and_log
+
+        result = train_and_log(config)
+        epochs = int(config.epochs)
+        assert result["model_uri"]
+    seconds = time.perf_counter() - started
+    return {"mode": mode, "seconds": seconds, "epochs": 0 if mode == "prepare" else epochs}
+
+
+def trial_clock_mixin() -> type:
+    """A tuner mixin recording each trial's seconds from on_trial_begin to on_trial_end."""
+
+    class TrialClockMixin:
+        trial_seconds: list[float]
+
+        def on_trial_begin(self, trial: Any) -> None:
+            self._clock = time.perf_counter()
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial: Any) -> None:
+            super().on_trial_end(trial)
+            self.trial_seconds = [*getattr(self, "trial_seconds", []),
+                                  time.perf_counter() - self._clock]  # fmt: skip
+
+    return TrialClockMixin
+
+
+def child_tune(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A tiny search in this process, with or without trial tracking; per-trial seconds."""
+    import mlflow
+
+    from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin
+    from histomlf.training.workflow import prepare_data
+    from histomlf.tuning.hypermodel import IdcHyperModel
+    from histomlf.tuning.settings import load_search
+    from histomlf.tuning.space import SearchSpace
+    from histomlf.tuning.tuners import create_tuner
+
+    config, settings = load_search("tune_smoke", overrides)
+    data = prepare_data(config)
+    space = SearchSpace.from_mapping(settings.space, config)
+    with tempfile.TemporaryDirectory() as directory:
+        hypermodel = IdcHyperModel(config, settings, space, data=lambda: data,
+                                   work_root=Path(directory) / "work")  # fmt: skip
+        clock = trial_clock_mixin()
+        if mode == "tracked":
+            mlflow.set_experiment("bench-tune")
+            with mlflow.start_run(run_name="bench-search") as parent:
+                search_run = SearchRun(parent.info.run_id, parent.info.experiment_id,
+                                       settings.tuner, settings.log_models, config.experiment)
+                tuner = create_tuner(hypermodel, settings, config, Path(directory),
+                                     mixins=(clock, TrialTrackingMixin), search_run=search_run)
+                tuner.search()
+        else:
+            tuner = create_tuner(hypermodel, settings, config, Path(directory), mixins=(clock,))
+            tuner.search()
+    return {"mode": mode, "trial_seconds": tuner.trial_seconds}
+
+
+def spawn(kind: str, mode: str, overrides: dict[str, Any], store: Path) -> dict[str, Any]:
+    """Run a child in a fresh process against a fresh sqlite store under `store`."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{mode}-", dir=store))
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+        "HISTOMLF_CACHE": str(BENCH_CACHE / "tracking-cache"),
+        "MLFLOW_EXPERIMENT_NAME": "bench",
+    }
+    args = ["-m", "benchmarks.tracking_overhead", "--child", kind, mode, json.dumps(overrides)]
+    started = time.perf_counter()
+    old = os.getcwd()
+    os.chdir(folder)  # MLflow's default artifact root is relative to the working directory
+    try:
+        result = run_python_json(args, timeout=1800, env=env)
+    finally:
+        os.chdir(old)
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
+def run(quick: bool) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    overrides = train_overrides(plan)
+    with tempfile.TemporaryDirectory(prefix="histomlf-track-bench-") as tmp:
+        store = Path(tmp)
+        spawn("train", "prepare", overrides, store)
+        runs: dict[str, list[dict]] = {"untracked": [], "tracked": []}
+        for _ in range(plan["repeats"]):
+            for mode in ("untracked", "tracked"):
+                runs[mode].append(spawn("train", mode, overrides, store))
+        tune_overrides = {"data_dir": str(SAMPLE_DIR), "max_trials": plan["trials"],
+                          "max_samples": plan["trial_samples"]}  # fmt: skip
+        trials = {mode: spawn("tune", mode, tune_overrides, store)["trial_seconds"]
+                  for mode in ("untracked", "tracked")}  # fmt: skip
+    best = {mode: min(r["seconds"] for r in results) for mode, results in runs.items()}
+    ratio = best["tracked"] / best["untracked"]
+    trial_mean = {mode: statistics.fmean(values) for mode, values in trials.items()}
+    rows = [
+        row("tracking_overhead", f"train_and_log vs workflow.train ({plan['epochs']} epochs)",
+            best["tracked"], "s", baseline=best["untracked"], baseline_name="untracked train",
+            target="<= 1.05x", met=ratio <= 1.05,
+            note=f"overhead {best['tracked'] - best['untracked']:+.1f} s; best of "
+                 f"{plan['repeats']}"),
+        row("tracking_overhead", f"tuning trial, tracked ({plan['trials']} trials)",
+            trial_mean["tracked"], "s/trial", baseline=trial_mean["untracked"],
+            baseline_name="untracked trial",
+            note=f"overhead {trial_mean['tracked'] - trial_mean['untracked']:+.2f} s/trial"),
+    ]  # fmt: skip
+    return {"benchmark": "tracking_overhead", "rows": rows, "plan": plan, "train_runs": runs,
+            "trial_seconds": trials}  # fmt: skip
+
+
+def child_main(argv: list[str]) -> None:
+    kind, mode, overrides = argv[0], argv[1], json.loads(argv[2])
+    result = child_train(mode, overrides) if kind == "train" else child_tune(mode, overrides)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+    else:
+        cli(__doc__.splitlines()[0], run)
