@@ -11,6 +11,9 @@ from histomlf.models.heads import BACKBONE_NAME, build_classifier
 from histomlf.models.registry import register_model
 
 SIMPLECNN_FILTERS = (32, 64, 128)
+# Keras' default 0.99 needs hundreds of steps before the moving statistics match the weights;
+# CPU-sized runs take a few dozen steps an epoch and their validation scores swung wildly.
+BN_MOMENTUM = 0.9
 
 
 def simplecnn_backbone(
@@ -21,7 +24,7 @@ def simplecnn_backbone(
     x = inputs
     for block, width in enumerate(filters, start=1):
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn")(x)
         x = layers.Activation("relu", name=f"block{block}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name=BACKBONE_NAME)
