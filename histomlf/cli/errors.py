@@ -16,3 +16,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
         WeightsUnavailableError,
         TrackingUnavailable,
     )
+
+
+def check_tracking_server() -> None:
+    """Probe a remote tracking server before TensorFlow is imported (seconds, not minutes)."""
+    import click
+
+    from histomlf.tracking.probe import TrackingUnavailable, probe_tracking
+
+    try:
+        probe_tracking()
+    except TrackingUnavailable as error:
+        raise click.ClickException(str(error)) from error

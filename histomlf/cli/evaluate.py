@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from histomlf.cli.errors import user_errors
+from histomlf.cli.errors import check_tracking_server, user_errors
 from histomlf.cli.options import load_checked_config, train_config_options
 from histomlf.config import DEFAULT_EXPERIMENT
 
@@ -29,6 +29,7 @@ from histomlf.config import DEFAULT_EXPERIMENT
 )
 def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> None:
     """Score MODEL_URI on DATA (a dataset folder or manifest CSV) and log the metrics."""
+    check_tracking_server()
     from histomlf.tracking.evaluate_run import evaluate_and_log
 
     try:
@@ -51,6 +52,7 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 @click.option("--batch-size", type=int, default=256, show_default=True)
 def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
+    check_tracking_server()
     from histomlf.tracking.evaluate_run import predict_to_files
 
     try:
@@ -74,6 +76,7 @@ def cv(experiment: str, folds: int, **options) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
+    check_tracking_server()
     config, _ = load_checked_config(experiment, options)
     from histomlf.tracking.cv_run import cv_and_log
 

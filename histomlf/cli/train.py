@@ -6,7 +6,7 @@ import json
 
 import click
 
-from histomlf.cli.errors import user_errors
+from histomlf.cli.errors import check_tracking_server, user_errors
 from histomlf.cli.options import load_checked_config, train_config_options
 from histomlf.config import DEFAULT_EXPERIMENT
 
@@ -25,6 +25,7 @@ from histomlf.config import DEFAULT_EXPERIMENT
 )
 def train(experiment: str, as_json: bool, **options) -> None:
     """Train one backbone on a patient-level split and log everything to MLflow."""
+    check_tracking_server()
     config, _ = load_checked_config(experiment, options)
 
     from histomlf.tracking.train_run import train_and_log

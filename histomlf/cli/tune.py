@@ -12,7 +12,7 @@ import json
 
 import click
 
-from histomlf.cli.errors import user_errors
+from histomlf.cli.errors import check_tracking_server, user_errors
 from histomlf.cli.options import check_names, overrides_from, train_config_options
 from histomlf.config import ConfigError
 
@@ -60,6 +60,7 @@ def search_options(command):
 def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_dir: str,
          threads: int, as_json: bool, **options) -> None:
     """Search hyperparameters with Keras Tuner; every trial is a nested MLflow run."""
+    check_tracking_server()
     from histomlf.tracking.distributed import configure_threads
 
     if workers < 0:
