@@ -188,26 +188,19 @@ def measure_rss(rows: pd.DataFrame, big_rows: int, batch_size: int, workdir: Pat
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--warm-rows", type=int, default=50_000, help="tiled packed rows (0: sample)"
-    )
-    parser.add_argument("--rss-rows", type=int, default=200_000, help="0 skips the RSS check")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rss_child:
-        rss_child(args.rss_child, args.batch_size)
-        return
-
-    rows = sample_manifest(args.sample)
+def feed(
+    sample: Path,
+    *,
+    batch_size: int = 64,
+    warm_rows_count: int = 50_000,
+    rss_rows: int = 200_000,
+    repeats: int = 3,
+    min_seconds: float = 2.0,
+) -> dict:
+    """Measure every variant and baseline; returns rates, CPU time, ratios and targets."""
+    rows = sample_manifest(sample)
     paths = rows["path"].tolist()
-    bs, reps, secs = args.batch_size, args.repeats, args.min_seconds
+    bs, reps, secs = batch_size, repeats, min_seconds
     results: dict[str, object] = {
         "load_average_start": os.getloadavg(),
         "rows_sample": len(rows),
@@ -225,13 +218,15 @@ def main() -> None:
     measure("baseline_tfdata_read_decode", lambda: drain(baseline))
     cold = make_dataset(rows, batch_size=bs, training=True, seed=1)
     measure("cold_png_train", lambda: drain(cold))
+    cold_light = make_dataset(rows, batch_size=bs, training=True, augment="light", seed=1)
+    measure("cold_png_train_light", lambda: drain(cold_light))
     with tempfile.TemporaryDirectory(prefix="histomlf-feed-") as tmp:
         workdir = Path(tmp)
         start = time.perf_counter()
         packed = PackedPatches.build_or_open(rows, workdir / "cache")
         results["packed_build_seconds_sample"] = time.perf_counter() - start
-        if args.warm_rows:
-            warm_rows, packed = tiled_packed(rows, args.warm_rows, workdir / "tiled")
+        if warm_rows_count:
+            warm_rows, packed = tiled_packed(rows, warm_rows_count, workdir / "tiled")
         else:
             warm_rows = rows
         results["rows_warm"] = len(warm_rows)
@@ -245,8 +240,8 @@ def main() -> None:
         warm_eval = make_dataset(warm_rows, batch_size=bs, training=False, packed=packed)
         measure("warm_packed_eval", lambda: drain(warm_eval))
         packed.close()
-        if args.rss_rows:
-            results["rss"] = measure_rss(rows, args.rss_rows, bs, workdir)
+        if rss_rows:
+            results["rss"] = measure_rss(rows, rss_rows, bs, workdir)
     results["load_average_end"] = os.getloadavg()
     results["patches_per_second"] = rates
     results["cpu_us_per_patch"] = cpu_us
@@ -266,6 +261,74 @@ def main() -> None:
         "cold_1.5x_pil": results["ratios"]["cold_vs_pil_loop"] >= 1.5,
         "cold_1.5x_pil_quiet_estimate": results["ratios"]["cold_vs_pil_loop_quiet_2_cores"] >= 1.5,
     }
+    return results
+
+
+def run(quick: bool) -> dict:
+    """For `benchmarks.run`: quick = the sample only, one short pass per variant."""
+    from benchmarks.common import row
+
+    if quick:
+        results = feed(DEFAULT_SAMPLE, warm_rows_count=0, rss_rows=0, repeats=1, min_seconds=0.5)
+    else:
+        results = feed(DEFAULT_SAMPLE)
+    rates, ratios = results["patches_per_second"], results["ratios"]
+    pil, tfdata = rates["baseline_pil_loop"], rates["baseline_tfdata_read_decode"]
+    warm = f"{results['rows_warm']:,} rows"
+    rows = [
+        row("feed", "cold (PNG decode), no aug", rates["cold_png_train"], "patches/s",
+            baseline=pil, baseline_name="PIL loop into numpy", target=">= 1.5x",
+            met=ratios["cold_vs_pil_loop"] >= 1.5,
+            note=f"quiet-2-core estimate {ratios['cold_vs_pil_loop_quiet_2_cores']:.2f}x "
+                 "(CPU time per patch)"),
+        row("feed", "cold (PNG decode), no aug", rates["cold_png_train"], "patches/s",
+            baseline=tfdata, baseline_name="tf.data read_file+decode_png"),
+        row("feed", "cold (PNG decode), light aug", rates["cold_png_train_light"], "patches/s",
+            baseline=pil, baseline_name="PIL loop into numpy"),
+        row("feed", f"warm (packed), no aug, {warm}", rates["warm_packed_train_none"],
+            "patches/s", baseline=tfdata, baseline_name="tf.data read_file+decode_png",
+            target=">= 10x and >= 100k/s",
+            met=ratios["warm_none_vs_tfdata"] >= 10 and rates["warm_packed_train_none"] >= 1e5),
+        row("feed", f"warm (packed), light aug, {warm}", rates["warm_packed_train_light"],
+            "patches/s", baseline=tfdata, baseline_name="tf.data read_file+decode_png"),
+        row("feed", f"warm (packed), strong aug, {warm}", rates["warm_packed_train_strong"],
+            "patches/s", baseline=tfdata, baseline_name="tf.data read_file+decode_png"),
+        row("feed", f"warm (packed), eval order, {warm}", rates["warm_packed_eval"],
+            "patches/s", baseline=tfdata, baseline_name="tf.data read_file+decode_png"),
+    ]  # fmt: skip
+    for size, info in results.get("rss", {}).items():
+        rows.append(row("feed", f"data-only epoch peak RSS, {int(size):,} packed rows",
+                        info["peak_rss_mb"], "MB", baseline=results["rss"][2000]["peak_rss_mb"],
+                        baseline_name="2,000 packed rows"))  # fmt: skip
+    return {"benchmark": "pipeline_feed", "rows": rows, **results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--warm-rows", type=int, default=50_000, help="tiled packed rows (0: sample)"
+    )
+    parser.add_argument("--rss-rows", type=int, default=200_000, help="0 skips the RSS check")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.batch_size)
+        return
+
+    results = feed(
+        args.sample,
+        batch_size=args.batch_size,
+        warm_rows_count=args.warm_rows,
+        rss_rows=args.rss_rows,
+        repeats=args.repeats,
+        min_seconds=args.min_seconds,
+    )
+    rates, cpu_us = results["patches_per_second"], results["cpu_us_per_patch"]
     for name, value in rates.items():
         print(f"{name:32s} {value:12,.0f} patches/s  {cpu_us[name]:7.1f} CPU us/patch")
     for name, value in results["ratios"].items():

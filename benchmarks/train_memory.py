@@ -29,7 +29,7 @@ from benchmarks.common import BENCH_CACHE, REPO_ROOT, cli, row, run_python_json
 # label: (patients, patches per patient)
 SETS = {"500": (4, 125), "2k": (8, 250), "20k": (40, 500), "200k": (200, 1000)}
 FULL = {"sets": ("2k", "20k", "200k"), "steps": 150}
-QUICK = {"sets": ("500", "2k"), "steps": 15}
+QUICK = {"sets": ("500", "2k"), "steps": 10}
 
 
 def ensure_set(label: str) -> Path:
