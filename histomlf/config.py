@@ -23,6 +23,7 @@ DEFAULT_EXPERIMENT = "default"
 AUGMENT_CHOICES = ("none", "light", "strong")
 BALANCE_CHOICES = ("class_weight", "undersample", "none")
 OPTIMIZER_CHOICES = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULE_CHOICES = ("constant", "cosine")
 WEIGHTS_KEYWORDS = ("imagenet", "none")
 
 
@@ -43,6 +44,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-5
     optimizer: str = "adam"
+    lr_schedule: str = "constant"
     batch_size: int = 64
     dropout: float = 0.3
     dense_units: int = 128
@@ -65,6 +67,7 @@ class TrainConfig:
         _check_choice("augment", self.augment, AUGMENT_CHOICES)
         _check_choice("balance", self.balance, BALANCE_CHOICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

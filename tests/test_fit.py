@@ -270,3 +270,15 @@ def test_study_backbones_fine_tune_one_step_on_real_patches(
     if bn:  # ResNet50: BatchNorm statistics move in phase 1 (random weights) only
         assert not same(before[bn[0]], backbone_weights(model)[bn[0]])
     assert np.isfinite(result.history["val_loss"]).all()
+
+
+def test_cosine_schedule_decays_over_the_phase_to_five_percent() -> None:
+    from histomlf.training.fit import phase_learning_rate
+
+    assert phase_learning_rate(0.01, "constant", 5, 10) == 0.01
+    schedule = phase_learning_rate(0.01, "cosine", 5, 10)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(25)) == pytest.approx(0.01 * (0.05 + 0.95 * 0.5), rel=1e-5)
+    assert float(schedule(50)) == pytest.approx(0.0005, rel=1e-5)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        phase_learning_rate(0.01, "step", 5, 10)

@@ -26,6 +26,7 @@ HELP = {
     "learning_rate": "phase-1 learning rate",
     "fine_tune_learning_rate": "phase-2 learning rate",
     "optimizer": "adam | adamw | sgd | rmsprop",
+    "lr_schedule": "constant | cosine (decay over each phase's steps to 5 %)",
     "batch_size": "patches per batch",
     "dropout": "dropout rate of the head",
     "dense_units": "units of the head's hidden layer (0: none)",

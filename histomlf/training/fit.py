@@ -107,7 +107,28 @@ def training_metrics() -> list[keras.metrics.Metric]:
     ]
 
 
-def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> None:
+def phase_learning_rate(
+    learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int | None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A constant rate, or a cosine decay over the phase's steps down to 5 % of it.
+
+    Cosine decay settles the weights at the end of short CPU runs, where a constant rate left
+    validation scores jumping from epoch to epoch.
+    """
+    if schedule == "constant" or not steps_per_epoch or epochs <= 0:
+        return learning_rate
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.05
+        )
+    raise ValueError(f"unknown lr_schedule {schedule!r}; known: constant, cosine")
+
+
+def compile_model(
+    model: keras.Model,
+    optimizer: str,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+) -> None:
     """Binary cross-entropy plus `training_metrics()`; recompiling resets optimizer state."""
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
@@ -219,7 +240,10 @@ def fit(
         phase1_epochs = initial_epoch
     else:
         set_backbone_trainable(model, not uses_pretrained_weights(config))
-        compile_model(model, config.optimizer, config.learning_rate)
+        rate = phase_learning_rate(
+            config.learning_rate, config.lr_schedule, config.epochs - initial_epoch, steps_per_epoch
+        )
+        compile_model(model, config.optimizer, rate)
         run_phase(1, config.epochs, initial_epoch)
         phase1_epochs = max(read_history(history_path)[0], default=initial_epoch - 1) + 1
         if config.fine_tune_epochs > 0:
@@ -228,7 +252,13 @@ def fit(
 
     if config.fine_tune_epochs > 0:
         unfreeze_top_layers(model, config.fine_tune_layers)
-        compile_model(model, config.optimizer, config.fine_tune_learning_rate)
+        rate = phase_learning_rate(
+            config.fine_tune_learning_rate,
+            config.lr_schedule,
+            config.fine_tune_epochs,
+            steps_per_epoch,
+        )
+        compile_model(model, config.optimizer, rate)
         run_phase(2, phase1_epochs + config.fine_tune_epochs, phase1_epochs)
 
     wall_seconds = time.perf_counter() - started
