@@ -271,7 +271,7 @@ def run(quick: bool) -> dict:
     if quick:
         results = feed(DEFAULT_SAMPLE, warm_rows_count=0, rss_rows=0, repeats=1, min_seconds=0.5)
     else:
-        results = feed(DEFAULT_SAMPLE)
+        results = feed(DEFAULT_SAMPLE, repeats=2, min_seconds=1.5)
     rates, ratios = results["patches_per_second"], results["ratios"]
     pil, tfdata = rates["baseline_pil_loop"], rates["baseline_tfdata_read_decode"]
     warm = f"{results['rows_warm']:,} rows"

@@ -38,7 +38,7 @@ BENCHMARKS: dict[str, tuple[str, int, int]] = {
     "quality": ("benchmarks.quality", 30, 2400),
     "gpu": ("benchmarks.gpu_check", 30, 30),
 }
-QUICK_ORDER = ("feed", "training", "tracking", "serving", "scale", "memory", "quality", "gpu")
+QUICK_ORDER = ("feed", "training", "tracking", "serving", "scale", "quality", "memory", "gpu")
 
 
 def run_benchmark(name: str, quick: bool) -> dict[str, Any]:
@@ -117,6 +117,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    """The same table as Markdown (for docs/benchmarks.md), notes in the last column."""
+    lines = ["| name | variant | value | unit | baseline | ratio | target | met? | note |",
+             "|---|---|---:|---|---:|---:|---|---|---|"]  # fmt: skip
+    for r in rows:
+        baseline = _number(r["baseline"])
+        if r["baseline"] is not None and r.get("baseline_name"):
+            baseline = f"{baseline} ({r['baseline_name']})"
+        cells = [r["name"], r["variant"], _number(r["value"]), r["unit"], baseline,
+                 "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"] or "-",
+                 {True: "yes", False: "**no**", None: "-"}[r["met"]], r.get("note", "")]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine, machine_line
 
@@ -124,7 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke: <= 2 min, <= 2k files.")
     parser.add_argument("--only", default="", help=f"Comma list of {','.join(BENCHMARKS)}.")
     parser.add_argument("--json", type=Path, default=None, help="Write all results here.")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="Print the table of this results JSON as "
+        "Markdown and exit (runs nothing).",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.markdown:
+        report = json.loads(args.markdown.read_text())
+        print(f"Machine: {machine_line(report['machine'])}; mode {report['mode']}, "
+              f"{report['wall_seconds'] / 60:.0f} min.\n")  # fmt: skip
+        print(format_markdown(report["rows"]))
+        return 0
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(QUICK_ORDER)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

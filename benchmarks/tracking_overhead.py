@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.common import BENCH_CACHE, SAMPLE_DIR, cli, row, run_python_json
 
-FULL = {"epochs": 8, "max_samples": 0, "repeats": 2, "trials": 4, "trial_samples": 600}
+FULL = {"epochs": 6, "max_samples": 0, "repeats": 2, "trials": 3, "trial_samples": 600}
 QUICK = {"epochs": 1, "max_samples": 300, "repeats": 1, "trials": 1, "trial_samples": 100}
 
 

@@ -16,6 +16,7 @@ details). Target: 200k <= 1.2x 2k.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -87,10 +88,14 @@ def run(quick: bool) -> dict[str, Any]:
     plan = QUICK if quick else FULL
     results = {}
     for label in plan["sets"]:
-        folder = ensure_set(label)
-        prepared = folder.with_suffix(".prepared")
-        if not prepared.is_file():
-            prepared.write_text(json.dumps(spawn("prepare", folder, plan["steps"])))
+        lock_path = BENCH_CACHE / "synth" / f"{label}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:  # one builder per set across concurrent runs
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            folder = ensure_set(label)
+            prepared = folder.with_suffix(".prepared")
+            if not prepared.is_file():
+                prepared.write_text(json.dumps(spawn("prepare", folder, plan["steps"])))
         results[label] = spawn("train", folder, plan["steps"])
     small, big = plan["sets"][0], plan["sets"][-1]
     rows = []

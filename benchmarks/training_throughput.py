@@ -30,7 +30,7 @@ from benchmarks.common import cli, row, sample_rows  # noqa: E402
 
 BATCH = 64
 # backbone: (timed steps per pass, passes per variant); vgg16/resnet50 are ~1-3 s per step here.
-FULL = {"simplecnn": (60, 3), "resnet50": (16, 2), "vgg16": (10, 2)}
+FULL = {"simplecnn": (50, 3), "resnet50": (12, 2), "vgg16": (8, 2)}
 QUICK = {"simplecnn": (12, 1)}
 
 
