@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from PIL import Image
+from helpers_data import epoch, sample_rows
 
 from histomlf.data.packed import (
     PATCHES_FILE,
@@ -21,33 +20,6 @@ from histomlf.data.packed import (
     write_packed,
 )
 from histomlf.data.pipeline import make_dataset
-
-NAME = re.compile(r"(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
-
-
-def sample_rows(root: Path) -> pd.DataFrame:
-    records = []
-    for path in sorted(root.rglob("*.png")):
-        pid, x, y, label = NAME.search(path.name).groups()
-        with Image.open(path) as image:
-            width, height = image.size
-        records.append(
-            {
-                "path": str(path),
-                "patient_id": pid,
-                "x": int(x),
-                "y": int(y),
-                "label": int(label),
-                "width": width,
-                "height": height,
-            }
-        )
-    return pd.DataFrame(records)
-
-
-def epoch(dataset) -> tuple[np.ndarray, np.ndarray]:
-    pairs = list(dataset.as_numpy_iterator())
-    return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
 
 
 @pytest.fixture(scope="module")

@@ -4,53 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from helpers_data import epoch, sample_rows
 
 from histomlf.data.patches import PATCH_SIZE, decode_patch
 from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
-
-NAME = re.compile(r"(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
-
-
-def sample_rows(root: Path) -> pd.DataFrame:
-    """A manifest of the sample built from file names (the scanner is tested elsewhere)."""
-    records = []
-    for path in sorted(root.rglob("*.png")):
-        pid, x, y, label = NAME.search(path.name).groups()
-        with Image.open(path) as image:
-            width, height = image.size
-        records.append(
-            {
-                "path": str(path),
-                "patient_id": pid,
-                "x": int(x),
-                "y": int(y),
-                "label": int(label),
-                "width": width,
-                "height": height,
-            }
-        )
-    return pd.DataFrame(records)
 
 
 @pytest.fixture(scope="module")
 def rows(idc_sample: Path) -> pd.DataFrame:
     return sample_rows(idc_sample)
-
-
-def epoch(dataset) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for x, y in dataset.as_numpy_iterator():
-        images.append(x)
-        labels.append(y)
-    return np.concatenate(images), np.concatenate(labels)
 
 
 def content_keys(images: np.ndarray, labels: np.ndarray) -> list[tuple[str, int]]:
