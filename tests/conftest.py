@@ -39,3 +39,18 @@ def idc_sample_copy(tmp_path: Path) -> Path:
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return target
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_environment():
+    """Undo MLFLOW_* variables a test's in-process MLflow calls exported.
+
+    `mlflow.set_tracking_uri` / `set_experiment` write MLFLOW_TRACKING_URI and
+    MLFLOW_EXPERIMENT_ID into os.environ; left there, a later test's `mlflow run` subprocess
+    inherits an experiment id from another store and fails.
+    """
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved]:
+        del os.environ[key]
+    os.environ.update(saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,11 +63,12 @@ CONFIG_KEYS = (
 
 
 def tracking_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    # In-process MLflow calls of earlier tests export MLFLOW_* variables (experiment id,
+    # tracking URI, credentials); a subprocess must see only the store of this test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
     env["HISTOMLF_CACHE"] = str(tmp_path / "cache")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("MLFLOW_RUN_ID", None)
     return env
 
 
@@ -180,7 +182,9 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
     assert metrics["test_roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
     assert metrics["test_pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
     assert metrics["test_brier"] == pytest.approx(skm.brier_score_loss(y, p))
-    assert metrics["test_loss"] == pytest.approx(skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))
+    assert metrics["test_loss"] == pytest.approx(
+        skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])
+    )
     low, high = metrics["test_roc_auc_ci_low"], metrics["test_roc_auc_ci_high"]
     assert 0.0 <= low <= high <= 1.0
 
@@ -271,7 +275,8 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, idc_sample: Pa
             time.sleep(0.5)
         assert crashed is not None, "the first attempt never finished two epochs"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

@@ -9,6 +9,7 @@ interrupted attempt is KILLED and linked to its retry, nothing is left RUNNING, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,7 +54,8 @@ def start_and_kill_mid_trial(command: list[str], tmp_path: Path, env: dict[str, 
         wait_for(lambda: first_epoch_logged(client, trial_id, epoch), KILL_WAIT_S,
                  f"trial {trial_id}'s epoch {epoch} in the store", process)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         log.close()
     (parent,) = searches(client)
@@ -81,8 +83,10 @@ def test_mlflow_run_random_search_resumes_into_its_parent(tmp_path: Path, idc_sa
                                                           shared_cache: Path) -> None:
     client = store(tmp_path)
     env = tune_env(tmp_path, shared_cache)
+    # Six epochs a trial: the kill after trial 1's first epoch must land before the search
+    # ends, also on a quiet machine where a 1-epoch trial takes ~3 s.
     params = {"experiment": "tune_smoke", "data_dir": str(idc_sample), "tuner": "random",
-              "max_trials": "2", **SMOKE}
+              "max_trials": "2", **SMOKE, "epochs": "6", "max_samples": "200"}
     parent_id = start_and_kill_mid_trial(mlflow_run_command(params), tmp_path, env, client,
                                          trial_id="1", epoch=0)
     result = run_ok(mlflow_run_command({"experiment": "tune_smoke", "resume": parent_id}),
