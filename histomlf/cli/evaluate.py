@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import load_checked_config, train_config_options
-from histomlf.config import DEFAULT_EXPERIMENT
+from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
 
 
 @click.command()
@@ -63,13 +62,7 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
 
 
 @click.command()
-@click.option(
-    "--experiment",
-    "-e",
-    default=DEFAULT_EXPERIMENT,
-    show_default=True,
-    help="experiment file or name under experiments/",
-)
+@experiment_option
 @click.option("--folds", type=int, default=5, show_default=True, help="number of patient folds")
 @train_config_options
 def cv(experiment: str, folds: int, **options) -> None:

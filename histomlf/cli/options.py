@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from histomlf.config import TrainConfig
+from histomlf.config import DEFAULT_EXPERIMENT, TrainConfig
 
 HELP = {
     "model": "backbone name (simplecnn, vgg16, resnet50, efficientnetb0, mobilenetv2)",
@@ -45,6 +45,15 @@ HELP = {
 }
 
 SKIP = {"experiment", "extra"}
+
+experiment_option = click.option(
+    "--experiment",
+    "-e",
+    default=DEFAULT_EXPERIMENT,
+    show_default=True,
+    help="experiment file or name under experiments/",
+)
+"""The `--experiment` option of `train` and `cv` (the experiment file, not MLflow's)."""
 
 
 def config_fields() -> list[dataclasses.Field]:

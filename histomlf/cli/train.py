@@ -7,18 +7,11 @@ import json
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import load_checked_config, train_config_options
-from histomlf.config import DEFAULT_EXPERIMENT
+from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
 
 
 @click.command()
-@click.option(
-    "--experiment",
-    "-e",
-    default=DEFAULT_EXPERIMENT,
-    show_default=True,
-    help="experiment file or name under experiments/",
-)
+@experiment_option
 @train_config_options
 @click.option(
     "--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON"
