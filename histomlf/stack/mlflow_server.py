@@ -127,7 +127,4 @@ def running(settings: StackSettings) -> bool:
 
 def stop(settings: StackSettings, *, grace: float = 10.0) -> None:
     """TERM the server's process group (KILL after `grace` s)."""
-    found = pid(settings)
-    if found is not None:
-        processes.terminate_group(found, grace=grace)
-    pid_path(settings).unlink(missing_ok=True)
+    processes.stop_recorded(pid_path(settings), MARKER, grace=grace)

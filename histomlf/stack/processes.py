@@ -109,6 +109,14 @@ def terminate_group(pid: int, *, grace: float = 10.0) -> bool:
     return False
 
 
+def stop_recorded(pid_path: Path, marker: str | None = None, *, grace: float = 10.0) -> None:
+    """Terminate the process group recorded in `pid_path` (if it still runs), drop the file."""
+    found = read_pid(pid_path, marker)
+    if found is not None:
+        terminate_group(found, grace=grace)
+    pid_path.unlink(missing_ok=True)
+
+
 def _kill_leftovers(pgid: int) -> None:
     """KILL what remains of a group whose leader has exited (e.g. orphaned workers)."""
     try:

@@ -139,10 +139,7 @@ def running(settings: StackSettings) -> bool:
 
 def stop(settings: StackSettings, *, grace: float = 10.0) -> None:
     """TERM (KILL after `grace` s) and remove the Unix sockets it leaves behind."""
-    found = pid(settings)
-    if found is not None:
-        processes.terminate_group(found, grace=grace)
-    pid_path(settings).unlink(missing_ok=True)
+    processes.stop_recorded(pid_path(settings), MARKER, grace=grace)
     remove_stale_sockets(settings)
 
 
