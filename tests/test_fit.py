@@ -282,3 +282,22 @@ def test_cosine_schedule_decays_over_the_phase_to_five_percent() -> None:
     assert float(schedule(50)) == pytest.approx(0.0005, rel=1e-5)
     with pytest.raises(ValueError, match="lr_schedule"):
         phase_learning_rate(0.01, "step", 5, 10)
+
+
+def test_a_truncated_first_backup_starts_the_fit_afresh(tmp_path: Path) -> None:
+    # A process killed while writing its first backup leaves a truncated file and no older one.
+    backup = tmp_path / "backup" / "phase1"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 88)
+    train, val = datasets()
+    seen = EpochsSeen()
+    result = fit(
+        create_model("simplecnn"),
+        tiny_config(epochs=2),
+        train,
+        val,
+        callbacks=[seen],
+        work_dir=tmp_path,
+    )
+    assert seen.begun == [0, 1]
+    assert result.epochs == [0, 1]

@@ -168,6 +168,20 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> None:
             )
 
 
+class TolerantBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that starts afresh when a kill left only a truncated first backup.
+
+    Keras falls back to the previous backup when the latest is corrupt, but raises when there
+    is none (a process killed while writing its first epoch's backup).
+    """
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except OSError:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
 def uses_pretrained_weights(config: TrainConfig) -> bool:
     return config.weights.strip().lower() not in ("none", "")
 
@@ -208,7 +222,7 @@ def fit(
 
     def run_phase(phase: int, epochs: int, initial_epoch: int) -> None:
         phase_callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.BackupAndRestore(backup_dir=str(backup_root / f"phase{phase}")),
+            TolerantBackupAndRestore(backup_dir=str(backup_root / f"phase{phase}")),
             EpochHistoryRecorder(history_path, phase),
             meter,
         ]
