@@ -45,14 +45,21 @@ KILL_WAIT_S = 240
 
 
 def start_and_kill_mid_trial(command: list[str], tmp_path: Path, env: dict[str, str], client,
-                             trial_id: str, epoch: int) -> str:
-    """Start a search, SIGKILL its process group once `trial_id` logged `epoch`; its parent id."""
+                             trial_id: str, epoch: int | None) -> str:
+    """Start a search, SIGKILL its process group once `trial_id` logged `epoch`; its parent id.
+
+    With `epoch=None` the kill comes as soon as the trial's run is RUNNING.
+    """
     log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: first_epoch_logged(client, trial_id, epoch), KILL_WAIT_S,
-                 f"trial {trial_id}'s epoch {epoch} in the store", process)
+        if epoch is None:
+            wait_for(lambda: trial_running(client, trial_id), KILL_WAIT_S,
+                     f"trial {trial_id} running", process)
+        else:
+            wait_for(lambda: first_epoch_logged(client, trial_id, epoch), KILL_WAIT_S,
+                     f"trial {trial_id}'s epoch {epoch} in the store", process)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -61,6 +68,11 @@ def start_and_kill_mid_trial(command: list[str], tmp_path: Path, env: dict[str, 
     (parent,) = searches(client)
     assert parent.info.status == "RUNNING"
     return parent.info.run_id
+
+
+def trial_running(client, trial_id: str) -> bool:
+    return any(r.data.tags.get("histomlf.trial_id") == trial_id and r.info.status == "RUNNING"
+               for r in runs_of(client))
 
 
 def assert_resumed(client, parent_id: str, trials: int, interrupted: str) -> list:
@@ -107,10 +119,12 @@ def test_hyperband_resumes_an_interrupted_continuation(tmp_path: Path, idc_sampl
     client = store(tmp_path)
     env = tune_env(tmp_path, shared_cache)
     args = as_args({"data-dir": str(idc_sample), "tuner": "hyperband", "max-trials": "3",
-                    "max-epochs": "2", "factor": "2", **SMOKE})
-    # Trial 2 continues the better 1-epoch trial for its 2nd epoch; kill it there.
+                    "max-epochs": "2", "factor": "2", **SMOKE, "max_samples": "400"})
+    # Trial 2 continues the better 1-epoch trial for its 2nd (and last) epoch. Kill it as soon
+    # as its run exists: once that epoch is logged, the rest of a 1-epoch continuation can end
+    # between two polls on a quiet machine (CI saw the search exit first).
     parent_id = start_and_kill_mid_trial(tune_command(["-e", "tune_smoke", *args]), tmp_path,
-                                         env, client, trial_id="2", epoch=1)
+                                         env, client, trial_id="2", epoch=None)
     result = run_ok(tune_command(["--resume", parent_id]), tmp_path, env)
     assert "Reloading Tuner" in result.stdout
     children = assert_resumed(client, parent_id, 3, interrupted="2")
