@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 
 from histomlf.data.packed import PackedPatches, manifest_digest, write_packed  # noqa: E402
 from histomlf.data.patches import pad_to_patch  # noqa: E402
-from histomlf.data.pipeline import decode_and_pad, make_dataset  # noqa: E402
+from histomlf.data.pipeline import make_dataset  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = Path(
@@ -105,11 +105,19 @@ def pil_loop(paths: list[str]) -> int:
     return len(paths)
 
 
+def decode_png_padded(data: tf.Tensor) -> tf.Tensor:
+    """What a user writes: `decode_png(channels=3)`, padded so border crops can be batched."""
+    image = tf.io.decode_png(data, channels=3)[:50, :50]
+    shape = tf.shape(image)
+    image = tf.pad(image, [[0, 50 - shape[0]], [0, 50 - shape[1]], [0, 0]], constant_values=255)
+    return tf.ensure_shape(image, (50, 50, 3))
+
+
 def plain_tfdata(paths: list[str], batch_size: int) -> tf.data.Dataset:
     return (
         tf.data.Dataset.from_tensor_slices((paths, np.zeros(len(paths), np.float32)))
         .map(
-            lambda p, y: (decode_and_pad(tf.io.read_file(p)), y),
+            lambda p, y: (decode_png_padded(tf.io.read_file(p)), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .batch(batch_size)

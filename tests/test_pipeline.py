@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from helpers_data import epoch, sample_rows
 
 from histomlf.data.patches import PATCH_SIZE, decode_patch
@@ -123,3 +124,39 @@ def test_unknown_options_are_refused(rows: pd.DataFrame, kwargs: dict) -> None:
     arguments = {"batch_size": 8, "training": True, **kwargs}
     with pytest.raises(ValueError):
         make_dataset(rows, **arguments)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P-transparent", "RGB-border"])
+def test_png_decode_matches_the_serving_decoder_for_every_mode(tmp_path: Path,
+                                                                mode: str) -> None:
+    """Alpha composited on white, gray replicated, border crops padded: as `decode_patch`."""
+    from PIL import Image
+
+    from histomlf.data.pipeline import decode_and_pad
+
+    generator = np.random.default_rng(4)
+    rgba = generator.integers(0, 256, (37, 50, 4), dtype=np.uint8)
+    rgba[:5, :, 3] = 0  # fully transparent rows must come out white
+    rgba[5:10, :, 3] = 255
+    if mode == "RGBA":
+        image = Image.fromarray(rgba, "RGBA")
+    elif mode == "LA":
+        image = Image.fromarray(rgba[..., [0, 3]], "LA")
+    elif mode == "L":
+        image = Image.fromarray(rgba[..., 0], "L")
+    elif mode == "P-transparent":
+        image = Image.fromarray(rgba[..., :3]).convert("P")
+        image.info["transparency"] = 0
+    else:
+        image = Image.fromarray(rgba[..., :3], "RGB")
+    path = tmp_path / "patch.png"
+    image.save(path, transparency=0) if mode == "P-transparent" else image.save(path)
+    expected = decode_patch(path.read_bytes())
+    decoded = decode_and_pad(tf.constant(path.read_bytes())).numpy()
+    assert decoded.shape == expected.shape == (50, 50, 3)
+    difference = np.abs(decoded.astype(int) - expected.astype(int))
+    assert difference.max() <= 1, f"{mode}: {difference.max()} levels off"
+    if mode in ("RGBA", "LA"):
+        assert (decoded[:5] == 255).all() and (decoded[37:] == 255).all()
+    if mode in ("L", "RGB-border"):
+        np.testing.assert_array_equal(decoded, expected)

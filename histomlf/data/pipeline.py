@@ -39,14 +39,30 @@ AUGMENT_SEED_OFFSET = 1_000_003
 def decode_and_pad(data: tf.Tensor) -> tf.Tensor:
     """Decode PNG bytes to a 50x50x3 uint8 patch, padded white on the bottom/right.
 
-    Mirrors `pad_to_patch` (larger images are cropped to the top-left window). 8-bit RGB PNGs,
-    i.e. the whole Kaggle set, come out byte-identical to `decode_patch`.
+    Mirrors `decode_patch`: larger images are cropped to the top-left window; grayscale is
+    replicated to RGB; an alpha channel (RGBA, gray+alpha, a palette with transparency) is
+    composited onto white. 8-bit RGB PNGs, i.e. the whole Kaggle set, come out
+    byte-identical to `decode_patch`, composited ones within 1 level (rounding).
     """
-    image = tf.io.decode_png(data, channels=3)[:PATCH_SIZE, :PATCH_SIZE]
+    native = tf.io.decode_png(data, channels=0)
+    image = tf.cond(
+        tf.shape(native)[2] == 3,
+        lambda: tf.ensure_shape(native, (None, None, 3)),
+        lambda: _rgb_on_white(data),
+    )[:PATCH_SIZE, :PATCH_SIZE]
     shape = tf.shape(image)
     padding = [[0, PATCH_SIZE - shape[0]], [0, PATCH_SIZE - shape[1]], [0, 0]]
     image = tf.pad(image, padding, constant_values=PAD_VALUE)
     return tf.ensure_shape(image, PATCH_SHAPE)
+
+
+def _rgb_on_white(data: tf.Tensor) -> tf.Tensor:
+    """Any non-RGB PNG as RGB: decoded as RGBA (gray replicated, opaque when it has no alpha),
+    then composited onto white as `PIL.Image.alpha_composite` does."""
+    rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    rgb = rgba[..., :3] * alpha + float(PAD_VALUE) * (1.0 - alpha)
+    return tf.cast(tf.round(rgb), tf.uint8)
 
 
 def make_dataset(
@@ -116,13 +132,18 @@ def _epoch_indices(
 def _png_batches(
     chunks: tf.data.Dataset, paths: np.ndarray, labels: tf.Tensor, batch_size: int
 ) -> tf.data.Dataset:
+    """Paths and labels gathered a chunk at a time (one op per chunk, not per patch), then
+    each file read and decoded in parallel."""
     paths_t = tf.constant(paths)
-
-    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = decode_and_pad(tf.io.read_file(tf.gather(paths_t, index)))
-        return image, tf.gather(labels, index)
-
-    return chunks.unbatch().map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    files = chunks.map(lambda index: (tf.gather(paths_t, index), tf.gather(labels, index)))
+    return (
+        files.unbatch()
+        .map(
+            lambda path, label: (decode_and_pad(tf.io.read_file(path)), label),
+            num_parallel_calls=AUTOTUNE,
+        )
+        .batch(batch_size)
+    )
 
 
 def _packed_batches(
