@@ -85,6 +85,23 @@ def test_unknown_rows_are_refused(packed: PackedPatches, rows: pd.DataFrame) -> 
         packed.subset(stranger)
 
 
+def test_duplicate_paths_are_refused_when_writing(tmp_path: Path) -> None:
+    images = np.zeros((3, 50, 50, 3), np.uint8)
+    with pytest.raises(PackedCacheError, match="duplicate paths"):
+        write_packed(tmp_path / "dup", [images], np.zeros(3), ["/a.png", "/b.png", "/a.png"], "d")
+    assert not (tmp_path / "dup" / PATCHES_FILE).exists()
+
+
+def test_paths_with_any_characters_round_trip(tmp_path: Path) -> None:
+    paths = ["/data/a b/ü/x,1.png", "/data/\t'\"q.png", "", "/z.png"]
+    images = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((1, 50, 50, 3), np.uint8)
+    write_packed(tmp_path / "odd", [images], np.array([0, 1, 0, 1]), paths, "odd")
+    packed = PackedPatches.open(tmp_path / "odd")
+    assert packed.paths.to_pylist() == paths
+    view = packed.subset(pd.DataFrame({"path": paths[::-1], "label": [1, 0, 1, 0]}))
+    np.testing.assert_array_equal(view.read(np.arange(4))[:, 0, 0, 0], [3, 2, 1, 0])
+
+
 def test_digest_follows_content_and_second_open_reuses_the_cache(
     packed: PackedPatches, rows: pd.DataFrame
 ) -> None:

@@ -78,5 +78,21 @@ def dataset_digest(manifest: pd.DataFrame) -> str:
         raise ManifestError(f"cannot digest a manifest without column(s) {', '.join(missing)}")
     content = manifest.loc[:, list(DIGEST_COLUMNS)].astype({"patient_id": str, "sha1": str})
     content = content.sort_values(list(DIGEST_COLUMNS), kind="mergesort")
-    text = content.to_csv(index=False, lineterminator="\n")
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest = _HashWriter()
+    # Streamed in chunks: the whole CSV text at once is ~100 bytes a row of short-lived memory.
+    content.to_csv(digest, index=False, lineterminator="\n", chunksize=16_384)
+    return digest.hexdigest()
+
+
+class _HashWriter:
+    """A text sink for `DataFrame.to_csv` that only hashes what it is given."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def write(self, text: str) -> int:
+        self._sha.update(text.encode())
+        return len(text)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from histomlf.data.patches import CHANNELS, PATCH_SIZE
+from histomlf.memory import release_freed_memory
 
 FORMAT_VERSION = 1
 PATCH_SHAPE = (PATCH_SIZE, PATCH_SIZE, CHANNELS)
@@ -38,6 +41,7 @@ PATHS_FILE = "paths.txt"
 META_FILE = "meta.json"
 BUILD_BATCH = 512
 TENSOR_ALIGNMENT = 64
+DIGEST_CHUNK_ROWS = 16_384
 
 
 class PackedCacheError(RuntimeError):
@@ -59,11 +63,17 @@ def manifest_digest(rows: pd.DataFrame) -> str:
     if "path" not in rows.columns or "label" not in rows.columns:
         raise ValueError("a manifest needs 'path' and 'label' columns")
     columns = [c for c in DIGEST_COLUMNS if c in rows.columns]
-    text = rows[columns[0]].astype(str)
-    for column in columns[1:]:
-        text = text + "\t" + rows[column].astype(str)
     digest = hashlib.sha256(f"packed-v{FORMAT_VERSION}:{len(rows)}:{','.join(columns)}\n".encode())
-    digest.update("\n".join(text.tolist()).encode())
+    # A slice at a time: the text of 277k rows at once held ~100 MB of short-lived strings,
+    # which the allocator keeps for the rest of the process.
+    for start in range(0, len(rows), DIGEST_CHUNK_ROWS):
+        part = rows.iloc[start : start + DIGEST_CHUNK_ROWS]
+        text = part[columns[0]].astype(str)
+        for column in columns[1:]:
+            text = text + "\t" + part[column].astype(str)
+        if start:
+            digest.update(b"\n")
+        digest.update("\n".join(text.tolist()).encode())
     return digest.hexdigest()
 
 
@@ -96,7 +106,7 @@ class PackedPatches:
             index = np.arange(self.file_rows, dtype=np.int64)
         self._index = np.asarray(index, dtype=np.int64)
         self._fd = os.open(self.directory / PATCHES_FILE, os.O_RDONLY)
-        self._paths: pd.Index | None = None
+        self._paths: pa.Array | None = None
 
     @classmethod
     def open(cls, directory: str | Path) -> PackedPatches:
@@ -141,25 +151,30 @@ class PackedPatches:
         return self._all_labels[self._index]
 
     @property
-    def paths(self) -> pd.Index:
-        """Path of every row of the file (not only the view), as an index for lookups."""
+    def paths(self) -> pa.Array:
+        """Path of every row of the file (not only the view), as an Arrow string array.
+
+        Arrow, not a Python string per row: for the whole Kaggle set that was ~60 MB of
+        objects and hash table held for the whole run.
+        """
         if self._paths is None:
-            text = (self.directory / PATHS_FILE).read_text()
-            self._paths = pd.Index(text.split("\n")[: self.file_rows])
+            self._paths = read_lines(self.directory / PATHS_FILE)[: self.file_rows]
         return self._paths
 
     def subset(self, rows: pd.DataFrame) -> PackedPatches:
         """A view whose position i is `rows.iloc[i]`, found by path; every path must be packed."""
-        wanted = pd.Index(rows["path"].astype(str))
+        wanted = pa.array(rows["path"].astype(str), type=pa.large_string())
         if len(wanted) == self.file_rows and wanted.equals(self.paths):
             return PackedPatches(self.directory, None)
-        if not self.paths.is_unique:
-            raise ValueError(f"packed cache {self.digest[:12]} has duplicate paths")
-        positions = self.paths.get_indexer(wanted)
-        missing = int((positions < 0).sum())
+        # Paths are unique in every cache (`write_packed` refuses duplicates).
+        found = pc.index_in(wanted, value_set=self.paths)
+        missing = found.null_count
+        positions = found.to_numpy(zero_copy_only=False) if not missing else None
+        del found
+        release_freed_memory()  # Arrow's pool keeps the lookup's hash table (~80 MB at 200k)
         if missing:
             raise KeyError(f"{missing} of {len(rows)} rows not in packed cache {self.digest[:12]}")
-        view = PackedPatches(self.directory, positions)
+        view = PackedPatches(self.directory, positions.astype(np.int64))
         view._paths = self._paths
         return view
 
@@ -209,6 +224,19 @@ class PackedPatches:
         return f"PackedPatches({self.directory}, rows={len(self)} of {self.file_rows})"
 
 
+def read_lines(path: Path) -> pa.Array:
+    """The `\\n`-separated lines of a text file as an Arrow large-string array, without
+    a Python object per line (the bytes are cut in numpy and handed to Arrow as buffers)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    newlines = np.flatnonzero(data == ord("\n"))
+    lengths = np.diff(np.concatenate(([-1], newlines, [data.size]))) - 1
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    characters = np.delete(data, newlines)
+    return pa.LargeStringArray.from_buffers(
+        len(lengths), pa.py_buffer(offsets), pa.py_buffer(characters)
+    )
+
+
 def _read_meta(directory: Path) -> dict:
     try:
         meta = json.loads((directory / META_FILE).read_text())
@@ -247,6 +275,11 @@ def write_packed(
 
     `build_or_open` calls it on a staging folder; benchmarks use it to pack synthetic rows.
     """
+    paths = pa.array(
+        list(paths) if not isinstance(paths, pd.Series) else paths, type=pa.large_string()
+    )
+    if pc.count_distinct(paths).as_py() != len(paths):
+        raise PackedCacheError("duplicate paths: every packed row needs its own path")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -261,6 +294,6 @@ def write_packed(
     if written != len(labels):
         raise PackedCacheError(f"wrote {written} patches for {len(labels)} rows")
     np.save(directory / LABELS_FILE, np.asarray(labels).astype(np.uint8))
-    (directory / PATHS_FILE).write_text("\n".join(paths))
+    (directory / PATHS_FILE).write_text("\n".join(paths.to_pylist()))
     meta = {"version": FORMAT_VERSION, "digest": digest, "count": written, "row_bytes": ROW_BYTES}
     (directory / META_FILE).write_text(json.dumps(meta))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from histomlf.config import TrainConfig
+from histomlf.memory import release_freed_memory
 from histomlf.paths import cache_root
 
 SYNTHETIC_DEFAULT = {"patients": 40, "patches_per_patient": 250, "seed": 7}
@@ -158,7 +159,7 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
         # only what it uses, so a 10k-patch recipe never decodes the other 267k patches.
         used = manifest if not config.max_samples else pd.concat(rows.values(), ignore_index=True)
         packed = PackedPatches.build_or_open(used, cache_root() / "packed")
-    return PreparedData(
+    prepared = PreparedData(
         data_dir=data_dir,
         data_source=source,
         manifest=manifest,
@@ -169,6 +170,8 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
         packed=packed,
         scan_stats=dict(scan.stats),
     )
+    release_freed_memory()  # what reading and digesting the manifest freed, before the fit
+    return prepared
 
 
 def predict_probabilities(
