@@ -57,10 +57,10 @@ def child_train(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
     if mode == "tracked":
         # The store exists, as it does for every run but a user's very first: creating a fresh
         # sqlite store (schema migrations) is a one-off, timed apart.
-        import mlflow
+        import mlflow  # noqa: F401 - imported before the store clock
 
         store_started = time.perf_counter()
-        mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+        use_experiment_beside_store(os.environ["MLFLOW_EXPERIMENT_NAME"])
         store_seconds = time.perf_counter() - store_started
     import keras  # noqa: F401 - imports are not timed: TensorFlow's alone takes ~5 s
     import tensorflow  # noqa: F401
@@ -107,6 +107,17 @@ def clock_calls(module: Any, name: str) -> list[float]:
     return seconds
 
 
+def use_experiment_beside_store(name: str) -> None:
+    """Create and select experiment `name` with its artifacts beside the sqlite store (the
+    default, ./mlruns, would land in the working directory: the repository)."""
+    import mlflow
+
+    store = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).parent
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=(store / "artifacts").as_uri())
+    mlflow.set_experiment(name)
+
+
 def trial_clock_mixin() -> type:
     """A tuner mixin recording each trial's seconds from on_trial_begin to on_trial_end."""
 
@@ -144,7 +155,7 @@ def child_tune(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
                                    work_root=Path(directory) / "work")  # fmt: skip
         clock = trial_clock_mixin()
         if mode == "tracked":
-            mlflow.set_experiment("bench-tune")
+            use_experiment_beside_store("bench-tune")
             with mlflow.start_run(run_name="bench-search") as parent:
                 search_run = SearchRun(
                     parent.info.run_id,
@@ -178,12 +189,7 @@ def spawn(kind: str, mode: str, overrides: dict[str, Any], store: Path) -> dict[
     }
     args = ["-m", "benchmarks.tracking_overhead", "--child", kind, mode, json.dumps(overrides)]
     started = time.perf_counter()
-    old = os.getcwd()
-    os.chdir(folder)  # MLflow's default artifact root is relative to the working directory
-    try:
-        result = run_python_json(args, timeout=1800, env=env)
-    finally:
-        os.chdir(old)
+    result = run_python_json(args, timeout=1800, env=env)
     result["process_seconds"] = time.perf_counter() - started
     return result
 
