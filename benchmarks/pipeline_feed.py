@@ -161,7 +161,7 @@ def rss_child(directory: str, batch_size: int) -> None:
     drain(tf.data.Dataset.from_tensor_slices((np.zeros((4, 1)), np.zeros(4))).batch(2))
     start = peak_mb()
     packed = PackedPatches.open(directory)
-    rows = pd.DataFrame({"path": packed.paths.to_numpy(), "label": packed.labels})
+    rows = pd.DataFrame({"path": packed.paths.to_pandas(), "label": packed.labels})
     dataset = make_dataset(rows, batch_size=batch_size, training=True, packed=packed)
     ready = peak_mb()
     count = drain(dataset)

@@ -35,7 +35,7 @@ from typing import Any
 from benchmarks.common import BENCH_CACHE, SAMPLE_DIR, cli, row, run_python_json
 
 # 24 epochs of the whole sample: about one minute untracked on a quiet 2-core machine.
-FULL = {"epochs": 24, "max_samples": 0, "repeats": 3, "trials": 3, "trial_samples": 600}
+FULL = {"epochs": 24, "max_samples": 0, "repeats": 5, "trials": 3, "trial_samples": 600}
 QUICK = {"epochs": 1, "max_samples": 300, "repeats": 1, "trials": 1, "trial_samples": 100}
 
 
