@@ -176,3 +176,27 @@ def test_memory_stays_flat_with_packed_file_size(png_epoch, tmp_path: Path) -> N
     file_bytes = 60_000 * 7500
     print("RSS growth over one epoch (bytes):", growth)
     assert growth[60_000] < growth[2_000] + 0.1 * file_bytes, growth
+
+
+def test_digests_stream_in_chunks_without_changing_value() -> None:
+    """Both digests hash 40k rows a slice at a time; the value is that of the whole text."""
+    import hashlib
+
+    from histomlf.data.manifest import DIGEST_COLUMNS, dataset_digest
+    from histomlf.data.packed import FORMAT_VERSION
+
+    count = 40_000  # more than two chunks
+    rows = pd.DataFrame({
+        "path": [f"/d/{i % 97}/{i}_idx5_x{i}_y{i}_class{i % 2}.png" for i in range(count)],
+        "patient_id": [str(i % 97) for i in range(count)],
+        "x": np.arange(count), "y": np.arange(count)[::-1], "label": np.arange(count) % 2,
+        "width": 50, "height": 50, "sha1": [f"{i:040x}" for i in range(count)],
+    })  # fmt: skip
+    columns = ["path", "label", "width", "height"]
+    text = "\n".join("\t".join(str(v) for v in values)
+                     for values in rows[columns].itertuples(index=False))  # fmt: skip
+    header = f"packed-v{FORMAT_VERSION}:{count}:{','.join(columns)}\n"
+    assert manifest_digest(rows) == hashlib.sha256((header + text).encode()).hexdigest()
+    content = rows.loc[:, list(DIGEST_COLUMNS)].sort_values(list(DIGEST_COLUMNS), kind="mergesort")
+    whole = content.to_csv(index=False, lineterminator="\n")
+    assert dataset_digest(rows) == hashlib.sha256(whole.encode()).hexdigest()
