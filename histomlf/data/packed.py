@@ -168,13 +168,12 @@ class PackedPatches:
             return PackedPatches(self.directory, None)
         # Paths are unique in every cache (`write_packed` refuses duplicates).
         found = pc.index_in(wanted, value_set=self.paths)
-        missing = found.null_count
-        positions = found.to_numpy(zero_copy_only=False) if not missing else None
-        del found
         release_freed_memory()  # Arrow's pool keeps the lookup's hash table (~80 MB at 200k)
-        if missing:
-            raise KeyError(f"{missing} of {len(rows)} rows not in packed cache {self.digest[:12]}")
-        view = PackedPatches(self.directory, positions.astype(np.int64))
+        if found.null_count:
+            raise KeyError(
+                f"{found.null_count} of {len(rows)} rows not in packed cache {self.digest[:12]}"
+            )
+        view = PackedPatches(self.directory, found.to_numpy().astype(np.int64))
         view._paths = self._paths
         return view
 
