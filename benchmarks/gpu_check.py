@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no GPU: JAX sees {devices}", file=sys.stderr)
         return 2
     keras.mixed_precision.set_global_policy(args.precision)
-    import histomlf.models  # noqa: F401
+    import histomlf.models.factory  # noqa: F401
 
     leaked = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))
     if leaked:
-        print(f"histomlf.models imported TensorFlow ({leaked[0]})", file=sys.stderr)
+        print(f"histomlf.models.factory imported TensorFlow ({leaked[0]})", file=sys.stderr)
         return 3
     rng = np.random.default_rng(0)
     count = args.steps * args.batch

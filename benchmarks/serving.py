@@ -69,7 +69,7 @@ def stock_env(store: Path) -> dict[str, str]:
     """
     folder = store / "stock-site"
     folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text("import histomlf.models  # noqa: F401\n")
+    (folder / "sitecustomize.py").write_text("import histomlf.models.heads  # noqa: F401\n")
     paths = [str(folder), os.environ.get("PYTHONPATH", "")]
     return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 

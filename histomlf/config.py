@@ -2,8 +2,10 @@
 
 An experiment file (`experiments/<name>.yaml`) holds only what differs from `TrainConfig`'s
 defaults; command-line / `mlflow run -P` overrides come last and win. Every value is checked
-against the field's type and, for choice fields, its allowed values, so a typo is a one-line
-error before any data is read.
+when a `TrainConfig` is built — its type, its range, and names other tables own (backbone,
+threshold policy, gate metric) — so a typo is a one-line error naming the key, the value and
+the allowed values before any data is read, whether the config comes from the CLI, a YAML file
+or Python.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ AUGMENT_CHOICES = ("none", "light", "strong")
 BALANCE_CHOICES = ("class_weight", "undersample", "none")
 OPTIMIZER_CHOICES = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULE_CHOICES = ("constant", "cosine")
-WEIGHTS_KEYWORDS = ("imagenet", "none")
 
 
 class ConfigError(ValueError):
@@ -33,7 +34,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines one training run. Names match the MLproject parameters."""
+    """Everything that defines one training run.
+
+    Each field is a key of the experiment files, a `histomlf train` option (kebab-case plus a
+    snake_case twin) and an `mlflow run -P key=value` parameter.
+    `gate_metric` names a metric of `histomlf.evaluation.metrics.METRICS` without a split
+    prefix (`roc_auc`, not `test_roc_auc`): the gate always compares scores on the test split.
+    """
 
     model: str = "simplecnn"
     weights: str = "none"
@@ -61,9 +68,9 @@ class TrainConfig:
     register_as: str = ""
     packed_cache: bool = True
     experiment: str = DEFAULT_EXPERIMENT
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        _check_names(self)
         _check_choice("augment", self.augment, AUGMENT_CHOICES)
         _check_choice("balance", self.balance, BALANCE_CHOICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
@@ -89,16 +96,39 @@ class TrainConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The flat key -> value mapping that gets logged as run parameters."""
-        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return params
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_names(config: TrainConfig) -> None:
+    """Names whose allowed values live in other tables: backbone, threshold policy, metric."""
+    from histomlf.evaluation.metrics import METRICS
+    from histomlf.evaluation.threshold import POLICIES, parse_policy
+    from histomlf.models.backbones import backbone_names
+
+    _check_choice("model", config.model, backbone_names())
+    try:
+        parse_policy(config.threshold_policy)
+    except ValueError:
+        raise ConfigError(
+            f"threshold_policy must be one of {', '.join(POLICIES)}; "
+            f"got {config.threshold_policy!r}"
+        ) from None
+    if config.gate_metric not in METRICS:
+        hint = ""
+        if config.gate_metric.removeprefix("test_") in METRICS:
+            hint = f" (write {config.gate_metric.removeprefix('test_')!r}: the gate always "
+            hint += "compares test-split scores)"
+        raise ConfigError(
+            f"gate_metric must be one of {', '.join(METRICS)}; got {config.gate_metric!r}{hint}"
+        )
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -137,7 +167,7 @@ def coerce(name: str, value: Any, target: Any) -> Any:
 
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls) if f.name != "extra"}
+    return {f.name: hints[f.name] for f in fields(cls)}
 
 
 def resolve_experiment_path(experiment: str | Path, search_dirs: list[Path] | None = None) -> Path:

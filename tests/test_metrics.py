@@ -9,16 +9,17 @@ import time
 import numpy as np
 import pytest
 
-from histomlf.evaluation import (
+from histomlf.evaluation.bootstrap import patient_bootstrap_ci, weighted_metrics
+from histomlf.evaluation.metrics import (
     METRIC_NAMES,
-    choose_threshold,
+    METRICS,
     classification_metrics,
     confusion,
-    patient_bootstrap_ci,
+    metric_named,
     patient_summary,
     per_patient_metrics,
 )
-from histomlf.evaluation.bootstrap import weighted_metrics
+from histomlf.evaluation.threshold import choose_threshold
 
 Y = np.array([0, 0, 1, 1])
 P = np.array([0.1, 0.6, 0.4, 0.8])
@@ -191,3 +192,15 @@ def test_bootstrap_is_fast_on_50k_predictions() -> None:
     started = time.perf_counter()
     patient_bootstrap_ci(y, p.astype(np.float32), patient_ids, 0.5, n_boot=1000)
     assert time.perf_counter() - started < 20  # ~2 s on 2 shared cores
+
+
+def test_the_metric_table_is_what_both_implementations_compute() -> None:
+    """Scalar and bootstrap computations return exactly the table's metrics, in its order."""
+    assert tuple(classification_metrics(Y, P, 0.5)) == tuple(METRICS)
+    multiplicity = np.ones((1, 2))
+    weighted = weighted_metrics(Y, P, np.array([0, 0, 1, 1]), multiplicity, 0.5)
+    assert set(weighted) == {name for name, m in METRICS.items() if m.bootstrap}
+    assert [m for m in METRICS if not METRICS[m].higher_is_better] == ["brier", "ece", "loss"]
+    assert metric_named("val_loss", ("test_", "val_")).name == "loss"
+    with pytest.raises(ValueError, match="unknown metric 'test_auc'"):
+        metric_named("test_auc", ("test_",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from histomlf.models import (
     register_model,
 )
 from histomlf.models import weights as weights_module
-from histomlf.models.registry import UnknownModelError
+from histomlf.models import backbones
+from histomlf.models.backbones import UnknownBackboneError
 
 EXPECTED_MODELS = {"vgg16", "resnet50", "efficientnetb0", "mobilenetv2", "simplecnn"}
 
@@ -27,13 +29,22 @@ def uint8_batch(n: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 50, 50, 3), dtype=np.uint8)
 
 
-def test_registry_lists_the_study_backbones() -> None:
-    assert EXPECTED_MODELS <= set(list_models())
+def test_registry_builds_exactly_the_backbone_table() -> None:
+    assert set(list_models()) == set(backbones.backbone_names()) == EXPECTED_MODELS
     assert list_models() == sorted(list_models())
+    assert backbones.scratch_backbones() == ("simplecnn",)
+
+
+def test_a_builder_without_a_table_entry_is_refused() -> None:
+    def densenet121(**kwargs):
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="backbone-table entry"):
+        register_model(densenet121)
 
 
 def test_unknown_name_fails_listing_known_names() -> None:
-    with pytest.raises(UnknownModelError) as error:
+    with pytest.raises(UnknownBackboneError) as error:
         create_model("vgg61")
     message = str(error.value)
     assert "vgg61" in message
@@ -140,11 +151,12 @@ def test_imagenet_offline_fails_at_once_naming_file_url_and_folder(
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(weights_module, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
-    spec = weights_module.IMAGENET_WEIGHTS["vgg16"]
-    unreachable = weights_module.ImagenetWeights(
-        spec.file_name, "http://127.0.0.1:9/" + spec.file_name
+    entry = backbones.BACKBONES["vgg16"]
+    spec = entry.imagenet
+    unreachable = backbones.ImagenetWeights(spec.file_name, "http://127.0.0.1:9/" + spec.file_name)
+    monkeypatch.setitem(
+        backbones.BACKBONES, "vgg16", dataclasses.replace(entry, imagenet=unreachable)
     )
-    monkeypatch.setitem(weights_module.IMAGENET_WEIGHTS, "vgg16", unreachable)
     started = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as error:
         create_model("vgg16", weights="imagenet")
@@ -181,6 +193,6 @@ def test_imagenet_file_names_match_keras_sources() -> None:
     import keras.src.applications.resnet as resnet
     import keras.src.applications.vgg16 as vgg16
 
-    specs = weights_module.IMAGENET_WEIGHTS
+    specs = {name: entry.imagenet for name, entry in backbones.BACKBONES.items()}
     assert specs["vgg16"].url == vgg16.WEIGHTS_PATH_NO_TOP
     assert specs["resnet50"].url == resnet.BASE_WEIGHTS_PATH + specs["resnet50"].file_name

@@ -13,7 +13,7 @@ import json
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import check_names, overrides_from, train_config_options
+from histomlf.cli.options import overrides_from, train_config_options
 from histomlf.config import ConfigError
 
 SEARCH_OPTIONS = (
@@ -86,7 +86,6 @@ def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_d
             from histomlf.tuning.settings import load_search
 
             spec = tune_run.SearchSpec(*load_search(experiment, {**train_given, **given}))
-            check_names(spec.config)
         result = tune_run.tune_and_log(spec, resume=resume, workers=workers,
                                        tuner_dir=tuner_dir, threads=threads)
     except (ConfigError, RuntimeError, *user_errors()) as error:

@@ -12,33 +12,70 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    confusion_matrix,
-    log_loss,
-    roc_auc_score,
-)
 
-METRIC_NAMES = (
-    "accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-    "ece",
-    "loss",
-)
+# scikit-learn and pandas are imported where used: the metric table above the functions is
+# read by config validation and `--help`, which should not pay for them.
+
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric histomlf computes: its direction and what it measures.
+
+    `classification_metrics` computes every entry, `histomlf.evaluation.bootstrap` its
+    patient-bootstrap twin (`bootstrap=True` entries get `*_ci_low` / `*_ci_high`); tuning
+    objectives, the registry gate, the CLI help and the tests read names and directions here.
+    """
+
+    name: str
+    higher_is_better: bool
+    summary: str
+    bootstrap: bool = True
+
+
+METRICS: dict[str, Metric] = {
+    entry.name: entry
+    for entry in (
+        Metric("accuracy", True, "share of patches classified right"),
+        Metric("precision", True, "share of predicted IDC that is IDC"),
+        Metric("recall", True, "sensitivity: share of IDC patches found"),
+        Metric("specificity", True, "share of non-IDC patches called non-IDC"),
+        Metric("f1", True, "harmonic mean of precision and recall"),
+        Metric("balanced_accuracy", True, "mean of sensitivity and specificity"),
+        Metric("roc_auc", True, "area under the ROC curve (threshold-free ranking)"),
+        Metric("pr_auc", True, "average precision (area under the PR curve)"),
+        Metric("brier", False, "mean squared error of the probabilities"),
+        Metric("ece", False, "10-bin expected calibration error"),
+        Metric("loss", False, "log loss (binary cross-entropy)"),
+    )
+}
+METRIC_NAMES = tuple(METRICS)
 ECE_BINS = 10
 NAN = float("nan")
+
+
+class UnknownMetricError(ValueError):
+    """A metric name histomlf does not compute; the message lists the known ones."""
+
+
+def metric_named(name: str, prefixes: tuple[str, ...] = ()) -> Metric:
+    """The table entry for `name`, after removing one of `prefixes` (`test_`, `val_`...)."""
+    base = name
+    for prefix in prefixes:
+        if base.startswith(prefix):
+            base = base[len(prefix) :]
+            break
+    try:
+        return METRICS[base]
+    except KeyError:
+        raise UnknownMetricError(
+            f"unknown metric {name!r}; known: "
+            + ", ".join(f"{p}{m}" for p in (prefixes or ("",)) for m in METRIC_NAMES)
+        ) from None
 
 
 def as_arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +91,8 @@ def as_arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def confusion(y_true: Any, y_prob: Any, threshold: float) -> dict[str, Any]:
     """`{"tn", "fp", "fn", "tp": int, "threshold": float}`, JSON-ready."""
+    from sklearn.metrics import confusion_matrix
+
     labels, probabilities = as_arrays(y_true, y_prob)
     predicted = (probabilities >= threshold).astype(np.int64)
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
@@ -91,6 +130,13 @@ def classification_metrics(
     squared error, `ece` the 10-bin expected calibration error. `zero_division` is the value
     of precision/recall/specificity/F1 when their denominator is 0 (nan to mark them undefined).
     """
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        log_loss,
+        roc_auc_score,
+    )
+
     labels, probabilities = as_arrays(y_true, y_prob)
     if not labels.size:
         return dict.fromkeys(METRIC_NAMES, NAN)
@@ -147,9 +193,11 @@ def per_patient_metrics(
     return result
 
 
-def patient_summary(y_true: Any, y_prob: Any, patient_ids: Any, threshold: float) -> pd.DataFrame:
+def patient_summary(y_true: Any, y_prob: Any, patient_ids: Any, threshold: float) -> Any:
     """One row per patient: patches, positives, mean probability, and the predicted vs true
     IDC fractions (the slide-level view a pathologist would compare), sorted by patient id."""
+    import pandas as pd
+
     labels, probabilities, patients = _per_patient(y_true, y_prob, patient_ids)
     frame = pd.DataFrame(
         {

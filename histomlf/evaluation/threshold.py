@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from histomlf.evaluation.metrics import as_arrays
 
@@ -40,6 +39,8 @@ def parse_policy(policy: str) -> tuple[str, float | None]:
 
 def choose_threshold(y_true: Any, y_prob: Any, policy: str) -> float:
     """The threshold in [0, 1] that `policy` picks for these validation predictions."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     name, value = parse_policy(policy)
     if name == "fixed":
         return float(value)

@@ -1,27 +1,33 @@
 """CNN classifiers by name: `create_model("vgg16", weights="imagenet")`.
 
 Every model maps raw 0..255 RGB patches [B, 50, 50, 3] to P(IDC) [B, 1]; its feature
-extractor is the nested model named `backbone`.
+extractor is the nested model named `backbone`. What histomlf knows about each backbone is one
+table, `histomlf.models.backbones`, importable without Keras; the names below load Keras on
+first use (PEP 562), so `from histomlf.models.backbones import ...` stays light.
 """
 
-from histomlf.models import applications, simplecnn  # noqa: F401  (registers the builders)
-from histomlf.models.heads import BACKBONE_NAME, PixelPreprocess, build_classifier
-from histomlf.models.registry import create_model, is_model, list_models, register_model
-from histomlf.models.weights import (
-    WeightsUnavailableError,
-    imagenet_weights_path,
-    load_backbone_weights,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONE_NAME",
-    "PixelPreprocess",
-    "WeightsUnavailableError",
-    "build_classifier",
-    "create_model",
-    "imagenet_weights_path",
-    "is_model",
-    "list_models",
-    "load_backbone_weights",
-    "register_model",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "create_model": "histomlf.models.factory",
+    "is_model": "histomlf.models.factory",
+    "list_models": "histomlf.models.factory",
+    "register_model": "histomlf.models.registry",
+    "BACKBONE_NAME": "histomlf.models.heads",
+    "PixelPreprocess": "histomlf.models.heads",
+    "build_classifier": "histomlf.models.heads",
+    "WeightsUnavailableError": "histomlf.models.weights",
+    "imagenet_weights_path": "histomlf.models.weights",
+    "load_backbone_weights": "histomlf.models.weights",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'histomlf.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

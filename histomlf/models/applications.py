@@ -1,7 +1,9 @@
-"""`keras.applications` backbones (`include_top=False`) with their own input scaling.
+"""`keras.applications` backbones (`include_top=False`), one builder per backbone-table entry.
 
-At the native 50x50 patch size VGG16 ends at 1x1x512 and ResNet50 at 2x2x2048; pass
-`image_size` (>= 32) to upsample inside the model instead.
+Every entry of `histomlf.models.backbones.BACKBONES` that names a Keras application is
+registered here under its name, with the preprocessing the table gives it. At the native 50x50
+patch size VGG16 ends at 1x1x512 and ResNet50 at 2x2x2048; pass `image_size` (>= 32) to
+upsample inside the model instead.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from typing import Any
 
 import keras
 
+from histomlf.models.backbones import BACKBONES, Backbone
 from histomlf.models.heads import BACKBONE_NAME, build_classifier
 from histomlf.models.registry import register_model
 
 
-def _application(constructor: Any) -> Any:
+def _application_factory(constructor: Any) -> Any:
     def factory(input_shape: tuple[int, int, int]) -> keras.Model:
         return constructor(
             include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_NAME
@@ -23,31 +26,17 @@ def _application(constructor: Any) -> Any:
     return factory
 
 
-@register_model
-def vgg16(**kwargs: Any) -> keras.Model:
-    """VGG16 (the study's baseline); "caffe" preprocessing (BGR, ImageNet mean subtracted)."""
-    return build_classifier("vgg16", _application(keras.applications.VGG16), "caffe", **kwargs)
+def _register(entry: Backbone) -> None:
+    factory = _application_factory(getattr(keras.applications, entry.application))
+
+    def builder(**kwargs: Any) -> keras.Model:
+        return build_classifier(entry.name, factory, entry.preprocessing, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = entry.name
+    builder.__doc__ = f"{entry.summary}."
+    register_model(builder)
 
 
-@register_model
-def resnet50(**kwargs: Any) -> keras.Model:
-    """ResNet50 (v1, the study's); "caffe" preprocessing."""
-    return build_classifier(
-        "resnet50", _application(keras.applications.ResNet50), "caffe", **kwargs
-    )
-
-
-@register_model
-def efficientnetb0(**kwargs: Any) -> keras.Model:
-    """EfficientNetB0; takes raw 0..255 pixels and rescales inside itself."""
-    return build_classifier(
-        "efficientnetb0", _application(keras.applications.EfficientNetB0), "raw", **kwargs
-    )
-
-
-@register_model
-def mobilenetv2(**kwargs: Any) -> keras.Model:
-    """MobileNetV2 (alpha 1.0); "tf" preprocessing to [-1, 1]."""
-    return build_classifier(
-        "mobilenetv2", _application(keras.applications.MobileNetV2), "tf", **kwargs
-    )
+for _entry in BACKBONES.values():
+    if _entry.application:
+        _register(_entry)

@@ -2,8 +2,9 @@
 
 A builder is a function `(**kwargs) -> keras.Model` registered under its own name. The
 registry refuses a second builder under a taken name (a silent overwrite would make the
-same experiment file train a different network depending on import order) and
-`create_model` refuses unknown names with the list of known ones.
+same experiment file train a different network depending on import order), refuses a name
+the backbone table (`histomlf.models.backbones`) does not describe, and `create_model` refuses
+unknown names with the list of known ones.
 """
 
 from __future__ import annotations
@@ -11,21 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from histomlf.models.backbones import BACKBONES, UnknownBackboneError
+
 Builder = TypeVar("Builder", bound=Callable[..., Any])
 
 _MODELS: dict[str, Callable[..., Any]] = {}
 
 
-class UnknownModelError(KeyError):
-    """`create_model` was asked for a name no builder is registered under."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 def register_model(builder: Builder) -> Builder:
     """Register `builder` under its function name; a duplicate name is a `ValueError`."""
     name = builder.__name__
+    if name not in BACKBONES:
+        raise ValueError(
+            f"no backbone-table entry for {name!r}: add it to histomlf/models/backbones.py first"
+        )
     if name in _MODELS:
         raise ValueError(
             f"a model named {name!r} is already registered "
@@ -53,7 +54,7 @@ def create_model(name: str, **kwargs: Any) -> Any:
     try:
         builder = _MODELS[name]
     except KeyError:
-        raise UnknownModelError(
+        raise UnknownBackboneError(
             f"unknown model {name!r}; known models: {', '.join(list_models()) or 'none'}"
         ) from None
     return builder(**kwargs)

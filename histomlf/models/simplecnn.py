@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from histomlf.models.backbones import BACKBONES
 from histomlf.models.heads import BACKBONE_NAME, build_classifier
 from histomlf.models.registry import register_model
 
@@ -33,4 +34,6 @@ def simplecnn_backbone(
 @register_model
 def simplecnn(**kwargs: Any) -> keras.Model:
     """Three conv blocks (32/64/128 filters) on [0, 1]-scaled pixels; no ImageNet weights."""
-    return build_classifier("simplecnn", simplecnn_backbone, "unit", **kwargs)
+    return build_classifier(
+        "simplecnn", simplecnn_backbone, BACKBONES["simplecnn"].preprocessing, **kwargs
+    )

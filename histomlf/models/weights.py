@@ -13,47 +13,18 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
+from histomlf.models.backbones import BACKBONES, ImagenetWeights, imagenet_backbones
+
 DOWNLOAD_TIMEOUT_S = 10.0
-_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights were asked for but cannot be found or downloaded."""
 
-
-@dataclass(frozen=True)
-class ImagenetWeights:
-    """Where Keras keeps one backbone's `include_top=False` ImageNet weights."""
-
-    file_name: str
-    url: str
-
-
-IMAGENET_WEIGHTS: dict[str, ImagenetWeights] = {
-    "vgg16": ImagenetWeights(
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        _KERAS_APPS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    ),
-    "resnet50": ImagenetWeights(
-        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        _KERAS_APPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    ),
-    # MobileNetV2 ships weights for 96..224 px; other sizes (50, 64...) get the 224 file.
-    "mobilenetv2": ImagenetWeights(
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-        _KERAS_APPS
-        + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-    ),
-    "efficientnetb0": ImagenetWeights(
-        "efficientnetb0_notop.h5",
-        "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
-    ),
-}
 
 _MOBILENET_SIZES = (96, 128, 160, 192, 224)
 
@@ -69,13 +40,14 @@ def keras_cache_dirs() -> list[Path]:
 
 def imagenet_weights_spec(backbone: str, image_size: int = 224) -> ImagenetWeights:
     """The file name and URL of `backbone`'s no-top ImageNet weights at `image_size`."""
-    if backbone not in IMAGENET_WEIGHTS:
+    entry = BACKBONES.get(backbone)
+    spec = entry.imagenet if entry is not None else None
+    if spec is None:
         raise WeightsUnavailableError(
             f"no ImageNet weights exist for {backbone!r}; "
             f"use weights='none' or a weights file (ImageNet backbones: "
-            f"{', '.join(sorted(IMAGENET_WEIGHTS))})"
+            f"{', '.join(imagenet_backbones())})"
         )
-    spec = IMAGENET_WEIGHTS[backbone]
     if backbone == "mobilenetv2" and image_size in _MOBILENET_SIZES:
         name = spec.file_name.replace("_224_", f"_{image_size}_")
         return ImagenetWeights(name, spec.url.replace(spec.file_name, name))

@@ -257,9 +257,9 @@ def _check_threshold(value: Any) -> float:
 
 
 def _register_custom_layers() -> None:
-    """Import `histomlf.models` if present, so custom layers it registers can be deserialized."""
+    """Import `histomlf.models.heads` if present, so its custom layers can be deserialized."""
     try:
-        importlib.import_module("histomlf.models")
+        importlib.import_module("histomlf.models.heads")
     except ModuleNotFoundError as error:
-        if error.name not in ("histomlf.models",):
+        if error.name not in ("histomlf", "histomlf.models", "histomlf.models.heads"):
             raise

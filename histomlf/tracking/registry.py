@@ -23,20 +23,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from histomlf.evaluation.metrics import UnknownMetricError, metric_named
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DIGEST_KEYS = ("data_digest", "split_digest")
 GIT_COMMIT_TAG = "git_commit"
 _RUN_GIT_TAG = "mlflow.source.git.commit"
 
-HIGHER_IS_BETTER = frozenset(
-    {
-        "roc_auc", "auc", "pr_auc", "average_precision", "f1", "accuracy",
-        "balanced_accuracy", "precision", "recall", "sensitivity", "specificity", "mcc",
-        "kappa", "cohen_kappa", "youden", "youden_j",
-    }
-)  # fmt: skip
-LOWER_IS_BETTER = frozenset({"loss", "log_loss", "brier", "brier_score", "ece", "error_rate"})
 _METRIC_PREFIXES = ("test_", "val_", "eval_")
 
 
@@ -73,18 +67,12 @@ class VersionInfo:
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of a gate metric (`test_`/`val_` prefixes allowed); unknown names are refused."""
-    base = metric
-    for prefix in _METRIC_PREFIXES:
-        base = base.removeprefix(prefix)
-    if base in HIGHER_IS_BETTER:
-        return True
-    if base in LOWER_IS_BETTER:
-        return False
-    raise RegistryError(
-        f"unknown gate metric {metric!r}: higher is better for "
-        f"{', '.join(sorted(HIGHER_IS_BETTER))}; lower for {', '.join(sorted(LOWER_IS_BETTER))}"
-    )
+    """Direction of a gate metric (`test_`/`val_`/`eval_` prefixes allowed) from the metric
+    table; an unknown name is a `RegistryError`."""
+    try:
+        return metric_named(metric, _METRIC_PREFIXES).higher_is_better
+    except UnknownMetricError as error:
+        raise RegistryError(f"unknown gate metric {metric!r}: {error}") from None
 
 
 def is_better(metric: str, new: float, old: float) -> bool:

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from histomlf.config import ConfigError, TrainConfig, build_config, load_experiment
+from histomlf.evaluation.metrics import METRICS
+from histomlf.tuning.tuners import list_tuners
 
-TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
 LOG_MODELS_CHOICES = ("best", "all")
-METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy",
-                "roc_auc", "pr_auc", "brier", "ece", "loss")  # histomlf.evaluation.metrics
-LOWER_IS_BETTER = ("loss", "brier", "ece")
 # Metrics Keras itself reports per epoch (histomlf compiles them under these names), so Keras
 # Tuner can checkpoint the best epoch of a trial on them; the others exist after the fit only.
 KERAS_EPOCH_METRICS = ("loss", "accuracy", "roc_auc", "pr_auc", "precision", "recall")
@@ -40,11 +38,12 @@ class SearchSettings:
     max_consecutive_failed_trials: int = 3
     log_models: str = "best"
     space: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.tuner not in TUNER_NAMES:
-            raise ConfigError(f"tuner must be one of {', '.join(TUNER_NAMES)}; got {self.tuner!r}")
+        if self.tuner not in list_tuners():
+            raise ConfigError(
+                f"tuner must be one of {', '.join(list_tuners())}; got {self.tuner!r}"
+            )
         if self.log_models not in LOG_MODELS_CHOICES:
             raise ConfigError(f"log_models must be best or all; got {self.log_models!r}")
         for name in ("max_trials", "executions_per_trial", "hyperband_iterations"):
@@ -56,11 +55,9 @@ class SearchSettings:
             raise ConfigError("max_epochs and max_retries_per_trial must be >= 0")
         if self.max_consecutive_failed_trials < 1:
             raise ConfigError("max_consecutive_failed_trials must be >= 1")
-        known = [f"val_{name}" for name in METRIC_NAMES]
-        if self.objective not in known:
-            raise ConfigError(
-                f"objective must be one of {', '.join(known)}; got {self.objective!r}"
-            )
+        if not self.objective.startswith("val_") or self.objective[4:] not in METRICS:
+            known = ", ".join(f"val_{name}" for name in METRICS)
+            raise ConfigError(f"objective must be one of {known}; got {self.objective!r}")
         if self.direction not in ("", "max", "min"):
             raise ConfigError(f"direction must be max or min; got {self.direction!r}")
         if not isinstance(self.space, dict):
@@ -71,7 +68,7 @@ class SearchSettings:
         """`max`, or `min` for loss-like metrics, unless `direction` says otherwise."""
         if self.direction:
             return self.direction
-        return "min" if self.objective.removeprefix("val_") in LOWER_IS_BETTER else "max"
+        return "max" if METRICS[self.objective.removeprefix("val_")].higher_is_better else "min"
 
     def epoch_budget(self, config: TrainConfig) -> int:
         """The most epochs one trial trains (both phases): Hyperband's `max_epochs`."""
@@ -80,7 +77,7 @@ class SearchSettings:
     def as_params(self) -> dict[str, Any]:
         """The settings as flat run params (the space goes to an artifact instead)."""
         params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in ("space", "extra")}
+                  if f.name != "space"}
         params["direction"] = self.objective_direction
         return params
 
@@ -89,7 +86,7 @@ class SearchSettings:
 
 
 def setting_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(SearchSettings) if f.name not in ("space", "extra")]
+    return [f.name for f in dataclasses.fields(SearchSettings) if f.name != "space"]
 
 
 def load_search(

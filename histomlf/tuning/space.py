@@ -25,6 +25,7 @@ from typing import Any
 
 import keras_tuner as kt
 
+from histomlf.models.backbones import BACKBONES, backbone_names
 from histomlf.config import (
     AUGMENT_CHOICES,
     BALANCE_CHOICES,
@@ -40,7 +41,6 @@ TUNABLE = (
     "dense_units", "augment", "balance", "early_stopping_patience", "threshold_policy",
 )  # fmt: skip
 FINE_TUNING = ("fine_tune_layers", "fine_tune_learning_rate", "fine_tune_epochs")
-SCRATCH_MODELS = ("simplecnn",)
 CHOICES = {"augment": AUGMENT_CHOICES, "balance": BALANCE_CHOICES, "optimizer": OPTIMIZER_CHOICES}
 _SPEC_KEYS = {"choice", "values", "min", "max", "step", "sampling", "fixed", "default", "when"}
 
@@ -190,11 +190,9 @@ def _parse_when(name: str, when: Any) -> tuple[str, tuple[Any, ...]] | None:
 
 def _check_value(name: str, value: Any, base: TrainConfig) -> None:
     if name == "model":
-        from histomlf.models import is_model, list_models
-
-        if not is_model(value):
+        if value not in BACKBONES:
             raise ConfigError(f"search.space.model: unknown model {value!r}; "
-                              f"known: {', '.join(list_models())}")
+                              f"known: {', '.join(backbone_names())}")
         return
     if name in CHOICES and value not in CHOICES[name]:
         raise ConfigError(
@@ -213,12 +211,12 @@ def _default_conditions(params: list[Param], base: TrainConfig) -> list[Param]:
     for param in params:
         if param.name in FINE_TUNING and param.when is None:
             if model is not None and model.kind == "choice":
-                pretrainable = tuple(v for v in model.args["values"] if v not in SCRATCH_MODELS)
+                pretrainable = tuple(v for v in model.args["values"] if not BACKBONES[v].trains_from_scratch)
                 if not pretrainable:
                     raise ConfigError(f"search.space.{param.name}: no model in the space "
                                       "can be fine-tuned (all are trained from scratch)")
                 param = Param(param.name, param.kind, param.args, ("model", pretrainable))
-            elif model is None and base.model in SCRATCH_MODELS:
+            elif model is None and BACKBONES[base.model].trains_from_scratch:
                 raise ConfigError(f"search.space.{param.name}: model {base.model} is trained from "
                                   "scratch and has nothing to fine-tune; tune model too or drop it")
         out.append(param)

@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras_tuner as kt
 
 from histomlf.config import ConfigError, TrainConfig
-from histomlf.tuning.settings import SearchSettings
+
+if TYPE_CHECKING:  # settings validates tuner names against this registry
+    from histomlf.tuning.settings import SearchSettings
 
 PROJECT_NAME = "search"
 MODEL_WEIGHTS = "histomlf_model.weights.h5"
 MODEL_INFO = "histomlf_model.json"
 
-OracleArgs = Callable[[SearchSettings, TrainConfig], dict[str, Any]]
+OracleArgs = Callable[["SearchSettings", TrainConfig], dict[str, Any]]
 _TUNERS: dict[str, tuple[type, OracleArgs]] = {}
 
 
