@@ -14,12 +14,12 @@ import pytest
 from histomlf.models import (
     PixelPreprocess,
     WeightsUnavailableError,
+    backbones,
     create_model,
     list_models,
     register_model,
 )
 from histomlf.models import weights as weights_module
-from histomlf.models import backbones
 from histomlf.models.backbones import UnknownBackboneError
 
 EXPECTED_MODELS = {"vgg16", "resnet50", "efficientnetb0", "mobilenetv2", "simplecnn"}

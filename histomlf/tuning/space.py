@@ -25,7 +25,6 @@ from typing import Any
 
 import keras_tuner as kt
 
-from histomlf.models.backbones import BACKBONES, backbone_names
 from histomlf.config import (
     AUGMENT_CHOICES,
     BALANCE_CHOICES,
@@ -34,6 +33,7 @@ from histomlf.config import (
     TrainConfig,
     coerce,
 )
+from histomlf.models.backbones import BACKBONES, backbone_names
 
 TUNABLE = (
     "model", "weights", "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers",
@@ -211,7 +211,9 @@ def _default_conditions(params: list[Param], base: TrainConfig) -> list[Param]:
     for param in params:
         if param.name in FINE_TUNING and param.when is None:
             if model is not None and model.kind == "choice":
-                pretrainable = tuple(v for v in model.args["values"] if not BACKBONES[v].trains_from_scratch)
+                pretrainable = tuple(
+                    v for v in model.args["values"] if not BACKBONES[v].trains_from_scratch
+                )
                 if not pretrainable:
                     raise ConfigError(f"search.space.{param.name}: no model in the space "
                                       "can be fine-tuned (all are trained from scratch)")
