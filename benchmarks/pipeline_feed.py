@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 
 from histomlf.data.packed import PackedPatches, manifest_digest, write_packed  # noqa: E402
 from histomlf.data.patches import pad_to_patch  # noqa: E402
-from histomlf.data.pipeline import make_dataset  # noqa: E402
+from histomlf.data.pipeline import make_dataset, open_packed  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = Path(
@@ -231,7 +231,7 @@ def feed(
     with tempfile.TemporaryDirectory(prefix="histomlf-feed-") as tmp:
         workdir = Path(tmp)
         start = time.perf_counter()
-        packed = PackedPatches.build_or_open(rows, workdir / "cache")
+        packed = open_packed(rows, workdir / "cache")
         results["packed_build_seconds_sample"] = time.perf_counter() - start
         if warm_rows_count:
             warm_rows, packed = tiled_packed(rows, warm_rows_count, workdir / "tiled")

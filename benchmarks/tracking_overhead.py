@@ -4,9 +4,9 @@
 
 Training: the default recipe on the real sample (simplecnn, light augment, class weights,
 early stopping off so both runs train the same epochs; ~1 minute of training in full mode)
-runs as `histomlf.tracking.train_run.train_and_log` (params, tags, config, environment facts
+runs as `histomlf.recipes.train.train` (params, tags, config, environment facts
 and pip freeze, dataset input, per-epoch metrics, system metrics, final metrics, plots,
-predictions, the pyfunc model) and as the untracked `histomlf.training.workflow.train`
+predictions, the pyfunc model) and as the untracked `histomlf.training.workflow.train_and_score`
 (prepare_data + train: the same fit and evaluation, nothing logged). Each run is a fresh
 process into a fresh sqlite store; scan and packed cache are built beforehand and shared, so
 neither pays them; the tracked process creates its store before the clock starts (a user's
@@ -74,10 +74,10 @@ def child_train(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
     elif mode == "untracked":
         with tempfile.TemporaryDirectory() as work:
             data = workflow.prepare_data(config)
-            outcome = workflow.train(config, work_dir=Path(work), data=data)
+            outcome = workflow.train_and_score(config, work_dir=Path(work), data=data)
         epochs = outcome.fit.epochs_run
     else:
-        from histomlf.tracking.train_run import train_and_log
+        from histomlf.recipes.train import train as train_and_log
 
         result = train_and_log(config)
         epochs = int(config.epochs)
@@ -216,7 +216,7 @@ def run(quick: bool) -> dict[str, Any]:
         t["seconds"] - u["seconds"] for u, t in zip(runs["untracked"], runs["tracked"], strict=True)
     ]
     store_creation = statistics.median(r["store_creation_seconds"] for r in runs["tracked"])
-    # Seconds outside `workflow.train` (the same fit and evaluation in both modes): what
+    # Seconds outside `workflow.train_and_score` (the same fit and evaluation in both modes): what
     # logging adds before and after the fit, without the fit's run-to-run noise.
     around = {
         mode: statistics.median(r["seconds"] - r["train_call_seconds"] for r in results)
@@ -224,7 +224,7 @@ def run(quick: bool) -> dict[str, Any]:
     }
     trial_mean = {mode: statistics.fmean(values) for mode, values in trials.items()}
     rows = [
-        row("tracking_overhead", f"train_and_log vs workflow.train ({plan['epochs']} epochs)",
+        row("tracking_overhead", f"recipe vs untracked train ({plan['epochs']} epochs)",
             best["tracked"], "s", baseline=best["untracked"], baseline_name="untracked train",
             target="<= 1.05x", met=ratio <= 1.05,
             note=f"overhead {best['tracked'] - best['untracked']:+.1f} s, best of "

@@ -96,13 +96,13 @@ def measure_backbone(name: str, steps: int, passes: int, rows: Any, packed: Any)
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from histomlf.data.packed import PackedPatches
+    from histomlf.data.pipeline import open_packed
 
     plan = QUICK if quick else FULL
     rows = sample_rows(limit=1000 if quick else 0)
     results = []
     with tempfile.TemporaryDirectory(prefix="histomlf-train-bench-") as tmp:
-        packed = PackedPatches.build_or_open(rows, Path(tmp) / "packed")
+        packed = open_packed(rows, Path(tmp) / "packed")
         for name, (steps, passes) in plan.items():
             results.append(measure_backbone(name, steps, passes, rows, packed))
         packed.close()

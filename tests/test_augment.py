@@ -13,7 +13,7 @@ from helpers_data import epoch, sample_rows
 
 from histomlf.data.augment import augment_batch, random_dihedral, stain_jitter
 from histomlf.data.packed import PackedPatches
-from histomlf.data.pipeline import make_dataset
+from histomlf.data.pipeline import make_dataset, open_packed
 
 
 def symmetries(image: np.ndarray) -> list[np.ndarray]:
@@ -36,7 +36,7 @@ def rows(idc_sample: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def packed(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> PackedPatches:
-    return PackedPatches.build_or_open(rows, tmp_path_factory.mktemp("cache"))
+    return open_packed(rows, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,26 @@ def test_scan_counts_quarantine_and_duplicates(runner: CliRunner, idc_sample_cop
     assert "truncated" in Path(stats["quarantine"]).read_text()
 
 
+def test_scan_survives_dangling_links(runner: CliRunner, idc_sample_copy: Path) -> None:
+    """A broken link named like a patch is quarantined; one named like litter is ignored;
+    the fingerprint pass that `scan_to_cache` runs first no longer aborts on either."""
+    folder = idc_sample_copy / "8865" / "1"
+    (folder / "8865_idx5_x9001_y9001_class1.png").symlink_to(folder / "vanished.png")
+    (idc_sample_copy / "8865" / "notes.txt").symlink_to(idc_sample_copy / "nowhere.txt")
+    stats = _scan_json(runner, str(idc_sample_copy), "--workers", "1")
+    assert stats["patches"] == SAMPLE_PATCHES and stats["quarantined"] == 1
+    quarantine = Path(stats["quarantine"]).read_text()
+    assert "8865_idx5_x9001_y9001_class1.png" in quarantine and "unreadable" in quarantine
+    assert "notes.txt" not in quarantine
+    # training scans through the cache: the fingerprint is stable, so the second call reuses it
+    from histomlf.data.scan import scan_to_cache
+
+    first = scan_to_cache(idc_sample_copy, out=idc_sample_copy.parent / "scan", workers=1)
+    again = scan_to_cache(idc_sample_copy, out=idc_sample_copy.parent / "scan", workers=1)
+    assert first.stats["cached"] is False and again.stats["cached"] is True
+    assert again.stats["quarantined"] == 1
+
+
 def test_split_command_prints_rates(runner: CliRunner, idc_sample: Path, tmp_path: Path) -> None:
     scan = runner.invoke(main, ["data", "scan", str(idc_sample), "--out", str(tmp_path / "s")])
     assert scan.exit_code == 0, scan.output

@@ -15,11 +15,10 @@ from histomlf.data.packed import (
     PATCHES_FILE,
     PackedCacheError,
     PackedPatches,
-    default_cache_dir,
     manifest_digest,
     write_packed,
 )
-from histomlf.data.pipeline import make_dataset
+from histomlf.data.pipeline import make_dataset, open_packed
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def png_epoch(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def packed(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> PackedPatches:
-    return PackedPatches.build_or_open(rows, tmp_path_factory.mktemp("cache") / "packed")
+    return open_packed(rows, tmp_path_factory.mktemp("cache") / "packed")
 
 
 def test_packed_eval_equals_png_eval(packed: PackedPatches, rows: pd.DataFrame, png_epoch) -> None:
@@ -111,13 +110,8 @@ def test_digest_follows_content_and_second_open_reuses_the_cache(
     assert manifest_digest(rows.iloc[1:]) != packed.digest
     patches = packed.directory / PATCHES_FILE
     before = patches.stat().st_mtime_ns
-    again = PackedPatches.build_or_open(rows, packed.directory.parent)
+    again = open_packed(rows, packed.directory.parent)
     assert again.directory == packed.directory and patches.stat().st_mtime_ns == before
-
-
-def test_default_cache_dir_honours_histomlf_cache(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HISTOMLF_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "packed"
 
 
 def test_half_written_caches_are_never_used(rows: pd.DataFrame, tmp_path: Path, png_epoch) -> None:
@@ -135,7 +129,7 @@ def test_half_written_caches_are_never_used(rows: pd.DataFrame, tmp_path: Path, 
     with pytest.raises(PackedCacheError):
         PackedPatches.open(final)
 
-    rebuilt = PackedPatches.build_or_open(part, cache_dir)
+    rebuilt = open_packed(part, cache_dir)
     assert rebuilt.directory == final
     np.testing.assert_array_equal(rebuilt.read(np.arange(200)), png_epoch[0][:200])
 
@@ -145,7 +139,7 @@ def test_failed_build_leaves_nothing_behind(rows: pd.DataFrame, tmp_path: Path) 
     broken.loc[broken.index[60], "path"] = str(tmp_path / "missing.png")
     cache_dir = tmp_path / "packed"
     with pytest.raises(Exception, match="missing.png"):
-        PackedPatches.build_or_open(broken, cache_dir)
+        open_packed(broken, cache_dir)
     assert list(cache_dir.iterdir()) == []
 
 

@@ -42,7 +42,7 @@ SMOKE = {"experiment": "smoke", "max_samples": "128", "epochs": "1"}
 FAIL_FAST_S = 15.0
 PROBE_BUDGET_S = 5.0
 # What `histomlf train` imports before its probe runs (TensorFlow, via the Keras callback).
-IMPORTS = "import histomlf.cli.train, histomlf.tracking.train_run"
+IMPORTS = "import histomlf.cli.train, histomlf.recipes.train"
 
 
 @dataclass

@@ -7,14 +7,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Imported lazily: these modules pull in TensorFlow and MLflow."""
     from histomlf.data.s3sync import S3SyncError
     from histomlf.models.weights import WeightsUnavailableError
-    from histomlf.tracking.probe import TrackingUnavailable
+    from histomlf.tracking.errors import tracking_errors
 
     return (
         ValueError,
         FileNotFoundError,
         S3SyncError,
         WeightsUnavailableError,
-        TrackingUnavailable,
+        *tracking_errors(),
     )
 
 

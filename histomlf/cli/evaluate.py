@@ -29,10 +29,10 @@ from histomlf.cli.options import experiment_option, load_checked_config, train_c
 def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> None:
     """Score MODEL_URI on DATA (a dataset folder or manifest CSV) and log the metrics."""
     check_tracking_server()
-    from histomlf.tracking.evaluate_run import evaluate_and_log
+    from histomlf.recipes.evaluate import evaluate as evaluate_recipe
 
     try:
-        result = evaluate_and_log(model_uri, data, split=split, split_file=split_file)
+        result = evaluate_recipe(model_uri, data, split=split, split_file=split_file)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, default=float))
@@ -52,10 +52,10 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
     check_tracking_server()
-    from histomlf.tracking.evaluate_run import predict_to_files
+    from histomlf.recipes.evaluate import predict as predict_recipe
 
     try:
-        patches, patients = predict_to_files(model_uri, data, out, batch_size=batch_size)
+        patches, patients = predict_recipe(model_uri, data, out, batch_size=batch_size)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"wrote {patches} and {patients}")
@@ -71,10 +71,10 @@ def cv(experiment: str, folds: int, **options) -> None:
         raise click.ClickException("--folds must be at least 2")
     check_tracking_server()
     config, _ = load_checked_config(experiment, options)
-    from histomlf.tracking.cv_run import cv_and_log
+    from histomlf.recipes.cv import cross_validate
 
     try:
-        result = cv_and_log(config, folds)
+        result = cross_validate(config, folds)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):

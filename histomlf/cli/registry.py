@@ -83,18 +83,15 @@ def demote(ctx: click.Context, name: str, alias: str) -> None:
 
 def _call(ctx: click.Context, function, *args, **kwargs):
     """Run a registry function against the chosen store; any failure is one line, exit 1."""
-    from mlflow.exceptions import MlflowException
-
-    from histomlf.tracking.probe import TrackingUnavailable, use_tracking_uri
+    from histomlf.tracking.errors import one_line, tracking_errors
+    from histomlf.tracking.probe import use_tracking_uri
     from histomlf.tracking.registry import RegistryError
 
     try:
         use_tracking_uri(ctx.obj["tracking_uri"])
         return function(*args, **kwargs)
-    except (RegistryError, TrackingUnavailable) as error:
-        raise click.ClickException(str(error)) from error
-    except MlflowException as error:
-        raise click.ClickException(error.message.splitlines()[0]) from error
+    except (RegistryError, *tracking_errors()) as error:
+        raise click.ClickException(one_line(error)) from error
 
 
 def _cell(version, key: str, cap: int) -> str:

@@ -21,10 +21,10 @@ def train(experiment: str, as_json: bool, **options) -> None:
     check_tracking_server()
     config, _ = load_checked_config(experiment, options)
 
-    from histomlf.tracking.train_run import train_and_log
+    from histomlf.recipes.train import train as train_recipe
 
     try:
-        result = train_and_log(config)
+        result = train_recipe(config)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     if as_json:

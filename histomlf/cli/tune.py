@@ -61,7 +61,7 @@ def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_d
          threads: int, as_json: bool, **options) -> None:
     """Search hyperparameters with Keras Tuner; every trial is a nested MLflow run."""
     check_tracking_server()
-    from histomlf.tracking.distributed import configure_threads
+    from histomlf.tuning.distributed import configure_threads
 
     if workers < 0:
         raise click.ClickException("--workers must be >= 0")
@@ -70,23 +70,24 @@ def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_d
     given = {k: v for k, v in options.items() if k in search_keys and v not in (None, "")}
     train_given = overrides_from(options)
 
-    from histomlf.tracking import tune_run
+    from histomlf.recipes import tune as tune_recipe
+    from histomlf.tuning.settings import SearchSpec
 
     try:
         if parent_run_id:
-            tune_run.run_worker(parent_run_id, tuner_dir=tuner_dir,
+            tune_recipe.run_worker(parent_run_id, tuner_dir=tuner_dir,
                                 data_dir=train_given.get("data_dir", ""))
             return
         if resume:
             if train_given.keys() - {"data_dir"}:
                 raise ConfigError("--resume continues the saved search; it cannot change "
                                   f"{', '.join(sorted(train_given.keys() - {'data_dir'}))}")
-            spec = tune_run.resumed_spec(resume, tune_run.tuner_root(tuner_dir), given)
+            spec = tune_recipe.resumed_spec(resume, tune_recipe.tuner_root(tuner_dir), given)
         else:
             from histomlf.tuning.settings import load_search
 
-            spec = tune_run.SearchSpec(*load_search(experiment, {**train_given, **given}))
-        result = tune_run.tune_and_log(spec, resume=resume, workers=workers,
+            spec = SearchSpec(*load_search(experiment, {**train_given, **given}))
+        result = tune_recipe.tune(spec, resume=resume, workers=workers,
                                        tuner_dir=tuner_dir, threads=threads)
     except (ConfigError, RuntimeError, *user_errors()) as error:
         raise click.ClickException(str(error).strip().splitlines()[-1]) from error

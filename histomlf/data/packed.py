@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +39,15 @@ PATCHES_FILE = "patches.u8"
 LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 META_FILE = "meta.json"
-BUILD_BATCH = 512
 TENSOR_ALIGNMENT = 64
 DIGEST_CHUNK_ROWS = 16_384
 
 
+RowDecoder = Callable[[pd.DataFrame], Iterable[np.ndarray]]
+
+
 class PackedCacheError(RuntimeError):
     """A packed cache folder is incomplete or inconsistent; the message says what is wrong."""
-
-
-def default_cache_dir() -> Path:
-    """`$HISTOMLF_CACHE/packed`, else `./.histomlf-cache/packed`."""
-    root = os.environ.get("HISTOMLF_CACHE")
-    return Path(root) / "packed" if root else Path.cwd() / ".histomlf-cache" / "packed"
 
 
 def manifest_digest(rows: pd.DataFrame) -> str:
@@ -115,13 +111,15 @@ class PackedPatches:
 
     @classmethod
     def build_or_open(
-        cls, rows: pd.DataFrame, cache_dir: str | Path | None = None
+        cls, rows: pd.DataFrame, cache_dir: str | Path, decode: RowDecoder
     ) -> PackedPatches:
-        """Open the cache of `rows` under `cache_dir` (default `default_cache_dir()`), or build it.
+        """Open the cache of `rows` under `cache_dir`, or build it with `decode`.
 
-        A folder under the digest's name that fails validation is removed and rebuilt.
+        `decode(rows)` yields uint8 [k, 50, 50, 3] batches in row order (the pipeline's PNG
+        decoder: `histomlf.data.pipeline.open_packed` passes it). A folder under the digest's
+        name that fails validation is removed and rebuilt.
         """
-        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        cache_dir = Path(cache_dir)
         digest = manifest_digest(rows)
         final = cache_dir / digest
         if final.exists():
@@ -132,7 +130,9 @@ class PackedPatches:
         cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:16]}-", dir=cache_dir))
         try:
-            _write_cache(rows, staging, digest)
+            write_packed(
+                staging, decode(rows), rows["label"].to_numpy(), rows["path"].astype(str), digest
+            )
             try:
                 os.rename(staging, final)
             except OSError:
@@ -252,15 +252,6 @@ def _read_meta(directory: Path) -> dict:
     if not sizes_ok:
         raise PackedCacheError(f"{directory}: packed cache files disagree with {META_FILE}")
     return meta
-
-
-def _write_cache(rows: pd.DataFrame, directory: Path, digest: str) -> None:
-    """Decode every row of `rows` in parallel, with the pipeline's decoder, into `directory`."""
-    from histomlf.data.pipeline import make_dataset
-
-    dataset = make_dataset(rows, batch_size=BUILD_BATCH, training=False)
-    batches = (images for images, _ in dataset.as_numpy_iterator())
-    write_packed(directory, batches, rows["label"].to_numpy(), rows["path"].astype(str), digest)
 
 
 def write_packed(

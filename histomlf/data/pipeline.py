@@ -11,6 +11,9 @@ every row exactly once in row order, last partial batch included, so predictions
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -27,13 +30,21 @@ from histomlf.data.balance import (
 from histomlf.data.packed import PATCH_SHAPE, PackedPatches
 from histomlf.data.patches import PAD_VALUE, PATCH_SIZE
 
-__all__ = ["class_weights", "decode_and_pad", "make_dataset", "steps_per_epoch"]
+__all__ = [
+    "class_weights",
+    "decode_and_pad",
+    "decoded_batches",
+    "make_dataset",
+    "open_packed",
+    "steps_per_epoch",
+]
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Row indices travel in chunks of about this many rows (whole batches); a packed cache reads
 # one chunk (~7.5 MB) per Python call and cuts batches from it.
 CHUNK_ROWS = 1024
 AUGMENT_SEED_OFFSET = 1_000_003
+PACK_BATCH = 512
 
 
 def decode_and_pad(data: tf.Tensor) -> tf.Tensor:
@@ -63,6 +74,17 @@ def _rgb_on_white(data: tf.Tensor) -> tf.Tensor:
     alpha = rgba[..., 3:] / 255.0
     rgb = rgba[..., :3] * alpha + float(PAD_VALUE) * (1.0 - alpha)
     return tf.cast(tf.round(rgb), tf.uint8)
+
+
+def decoded_batches(rows: pd.DataFrame) -> Iterator[np.ndarray]:
+    """Every row's patch, decoded in parallel by `decode_and_pad`, as uint8 batches in row order."""
+    dataset = make_dataset(rows, batch_size=PACK_BATCH, training=False)
+    return (images for images, _ in dataset.as_numpy_iterator())
+
+
+def open_packed(rows: pd.DataFrame, cache_dir: str | Path) -> PackedPatches:
+    """The packed cache of `rows` under `cache_dir`, built with this pipeline's decoder."""
+    return PackedPatches.build_or_open(rows, cache_dir, decoded_batches)
 
 
 def make_dataset(

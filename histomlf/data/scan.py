@@ -444,22 +444,34 @@ def scan_cache_dir(data_dir: str | Path) -> Path:
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
-    """A hash of every file's relative path, size and mtime: changes when the data does."""
+    """A hash of every file's relative path, size and mtime: changes when the data does.
+
+    An entry that cannot be read (a dangling link, a file that vanished between listing and
+    reading, a folder without permission) is hashed as missing rather than failing: the scan
+    itself then quarantines it when it is named like a patch and ignores it otherwise.
+    """
     root = _check_data_dir(data_dir)
     digest = hashlib.sha256()
     stack = [str(root)]
     prefix = len(str(root)) + 1
     while stack:
         folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.is_dir():
-                    stack.append(entry.path)
-                else:
-                    info = entry.stat()
-                    digest.update(
-                        f"{entry.path[prefix:]}\0{info.st_size}\0{info.st_mtime_ns}\n".encode()
-                    )
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:
+            digest.update(f"{folder[prefix:]}\0unreadable folder\n".encode())
+            continue
+        for entry in entries:
+            if entry.is_dir():
+                stack.append(entry.path)
+                continue
+            try:
+                info = entry.stat()
+            except OSError:
+                digest.update(f"{entry.path[prefix:]}\0missing\n".encode())
+                continue
+            digest.update(f"{entry.path[prefix:]}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -48,6 +48,32 @@ def active_run(
         yield run
 
 
+@contextlib.contextmanager
+def nested_run(
+    run_name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the active run, opened with `tags` and `params` (values as strings)."""
+    with mlflow.start_run(run_name=run_name, nested=True, tags=dict(tags or {})) as run:
+        if params:
+            mlflow.log_params({k: "" if v is None else str(v) for k, v in params.items()})
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log `metrics` in the active run (at `step` when given)."""
+    mlflow.log_metrics(dict(metrics), step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Set `tags` (values as strings) on the active run."""
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_table(frame, artifact_file: str) -> None:
+    """A DataFrame as an MLflow table artifact (`.json`, shown as a table in the UI)."""
+    mlflow.log_table(frame, artifact_file)
+
+
 def _same_value(logged: str, value: Any) -> bool:
     if str(value) == logged:
         return True

@@ -47,15 +47,9 @@ def predict_rows(
     return out
 
 
-def metrics_at_model_threshold(labels: np.ndarray, predictions: pd.DataFrame) -> dict[str, float]:
-    """The full metric set at the threshold the model itself applies (its `label` output)."""
-    from histomlf.evaluation.metrics import classification_metrics
-
-    probabilities = predictions["probability"].to_numpy(dtype=float)
-    predicted = predictions["label"].to_numpy()
-    positives = probabilities[predicted == 1]
-    threshold = float(positives.min()) if len(positives) else float(np.nextafter(1.0, 2.0))
-    return classification_metrics(labels, probabilities, threshold)
+def model_threshold(model: Any) -> float:
+    """The decision threshold a loaded histomlf pyfunc applies (`label = probability >= it`)."""
+    return float(model.unwrap_python_model().threshold)
 
 
 def source_run_split(model_uri: str, target_dir: Path) -> Path | None:

@@ -185,13 +185,14 @@ def log_trial_model(model: Any, threshold: float, config: Any):
                                 metadata={"model": config.model, "experiment": config.experiment})
 
 
-def end_stale_trial_runs(client: MlflowClient, search: SearchRun, oracle: Any) -> list[str]:
+def end_stale_trial_runs(search: SearchRun, oracle: Any) -> list[str]:
     """Close child runs a crash left RUNNING: as their trial ended in the oracle, else KILLED.
 
     A trial the oracle recorded as COMPLETED (the crash hit between the oracle's save and the
     run's end) closes FINISHED; one it did not finish closes KILLED and is run again by the
     oracle's retry queue, whose new run links back with `histomlf.retry_of`.
     """
+    client = MlflowClient()
     closed = []
     for run in trial_runs(client, search):
         if run.info.status != "RUNNING":

@@ -1,9 +1,12 @@
 """The train recipe from config to scored predictions, with no tracking in it.
 
 `prepare_data` resolves the data (a folder, or a generated synthetic set), scans it, splits it
-by patient and opens the packed patch cache; `train` builds and fits the model and scores it on
-the validation and test splits. Everything a tracker needs comes back in `TrainOutcome`;
-`histomlf.tracking.train_run` logs it. Callers pass Keras callbacks for live per-epoch logging.
+by patient and opens the packed patch cache; `fit_model` fits an already-built model on the
+train split (the recipe's only fit: Keras Tuner trials call it too, after building the model in
+`build(hp)`); `choose_threshold_on_val` picks the decision threshold; `evaluate_model` scores
+val, test and train; `train_and_score` does it all. Everything a tracker needs comes back in
+`TrainOutcome`; `histomlf.recipes.train` logs it. Callers pass Keras callbacks for live
+per-epoch logging.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from histomlf.config import TrainConfig
+from histomlf.evaluation.scored import Evaluation, SplitScores, evaluate_splits, score_split
 from histomlf.memory import release_freed_memory
 from histomlf.paths import cache_root
 
@@ -42,21 +46,6 @@ class PreparedData:
 
 
 @dataclass
-class SplitScores:
-    """Predictions and metrics of one model on one split."""
-
-    rows: pd.DataFrame
-    probabilities: np.ndarray
-    metrics: dict[str, float]
-
-    def predictions_frame(self, threshold: float) -> pd.DataFrame:
-        frame = self.rows[["path", "patient_id", "x", "y", "label"]].copy()
-        frame["probability"] = self.probabilities
-        frame["predicted"] = (self.probabilities >= threshold).astype(int)
-        return frame
-
-
-@dataclass
 class TrainOutcome:
     """Everything a training run produced, for the tracker to log."""
 
@@ -64,26 +53,12 @@ class TrainOutcome:
     data: PreparedData
     model: Any
     fit: Any
-    threshold: float
-    val: SplitScores
-    test: SplitScores
-    train: SplitScores
-    test_patient_metrics: dict[str, float]
-    test_ci: dict[str, tuple[float, float]]
-    patient_table: pd.DataFrame
+    evaluation: Evaluation
     seconds: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Final metrics under the `{split}_{name}` keys, CI bounds included."""
-        out: dict[str, float] = {}
-        for split, scores in (("train", self.train), ("val", self.val), ("test", self.test)):
-            out.update({f"{split}_{k}": v for k, v in scores.metrics.items()})
-        out.update({f"test_patient_{k}": v for k, v in self.test_patient_metrics.items()})
-        for name, (low, high) in self.test_ci.items():
-            out[f"test_{name}_ci_low"] = low
-            out[f"test_{name}_ci_high"] = high
-        out["decision_threshold"] = self.threshold
-        return out
+        return self.evaluation.metrics()
 
 
 def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
@@ -153,12 +128,12 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
             raise ValueError(f"the {name} split is empty: too few patients for the fractions")
     packed = None
     if config.packed_cache:
-        from histomlf.data.packed import PackedPatches
+        from histomlf.data.pipeline import open_packed
 
         # The whole manifest is packed once (folds and reruns share it); a subsampled run packs
         # only what it uses, so a 10k-patch recipe never decodes the other 267k patches.
         used = manifest if not config.max_samples else pd.concat(rows.values(), ignore_index=True)
-        packed = PackedPatches.build_or_open(used, cache_root() / "packed")
+        packed = open_packed(used, cache_root() / "packed")
     prepared = PreparedData(
         data_dir=data_dir,
         data_source=source,
@@ -190,22 +165,34 @@ def predict_probabilities(
     return probabilities.astype(np.float64)
 
 
-def score_split(
-    model: Any, rows: pd.DataFrame, data: PreparedData, threshold: float, batch_size: int
-) -> SplitScores:
-    from histomlf.evaluation.metrics import classification_metrics
-
-    probabilities = predict_probabilities(model, rows, data, batch_size)
-    metrics = classification_metrics(rows["label"].to_numpy(), probabilities, threshold)
-    return SplitScores(rows=rows, probabilities=probabilities, metrics=metrics)
-
-
-def build_and_fit(
-    config: TrainConfig, data: PreparedData, *, work_dir: Path, callbacks: Sequence[Any] = ()
-):
-    """Create the backbone and run the two-phase fit; returns (model, FitResult)."""
-    from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
+def build_model(config: TrainConfig) -> Any:
+    """The backbone `config` names, with its head, ready to fit."""
     from histomlf.models import create_model
+
+    return create_model(
+        config.model,
+        weights=config.weights,
+        image_size=config.image_size,
+        dropout=config.dropout,
+        dense_units=config.dense_units,
+    )
+
+
+def fit_model(
+    model: Any,
+    config: TrainConfig,
+    data: PreparedData,
+    *,
+    work_dir: Path,
+    callbacks: Sequence[Any] = (),
+    initial_epoch: int = 0,
+):
+    """Fit an already-built `model` on the train split, validating on val; returns `FitResult`.
+
+    Datasets, class weights and steps per epoch come from `config`, so a Keras Tuner trial and
+    a train run with the same settings train on the same batches.
+    """
+    from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
     from histomlf.training.fit import fit
 
     train_rows, val_rows = data.rows["train"], data.rows["val"]
@@ -225,14 +212,7 @@ def build_and_fit(
     weights = (
         class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
     )
-    model = create_model(
-        config.model,
-        weights=config.weights,
-        image_size=config.image_size,
-        dropout=config.dropout,
-        dense_units=config.dense_units,
-    )
-    result = fit(
+    return fit(
         model,
         config,
         train_ds,
@@ -241,46 +221,47 @@ def build_and_fit(
         class_weight=weights,
         callbacks=list(callbacks),
         work_dir=work_dir,
+        initial_epoch=initial_epoch,
     )
-    return model, result
 
 
-def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> dict[str, Any]:
-    """Threshold on val, then test metrics, per-patient metrics and patient-bootstrap CIs."""
-    from histomlf.evaluation.bootstrap import patient_bootstrap_ci
-    from histomlf.evaluation.metrics import patient_summary, per_patient_metrics
+def choose_threshold_on_val(
+    model: Any, config: TrainConfig, data: PreparedData
+) -> tuple[float, SplitScores]:
+    """The decision threshold `config.threshold_policy` picks on the validation split, and
+    the validation scores at it."""
     from histomlf.evaluation.threshold import choose_threshold
 
-    val_probabilities = predict_probabilities(model, data.rows["val"], data, config.batch_size)
+    rows = data.rows["val"]
+    probabilities = predict_probabilities(model, rows, data, config.batch_size)
     threshold = float(
-        choose_threshold(
-            data.rows["val"]["label"].to_numpy(), val_probabilities, config.threshold_policy
-        )
+        choose_threshold(rows["label"].to_numpy(), probabilities, config.threshold_policy)
     )
-    val = score_split(model, data.rows["val"], data, threshold, config.batch_size)
-    test = score_split(model, data.rows["test"], data, threshold, config.batch_size)
+    return threshold, score_split(rows, probabilities, threshold)
+
+
+def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> Evaluation:
+    """Threshold on val, then val/test/train scores, per-patient metrics and patient CIs."""
+    threshold, val = choose_threshold_on_val(model, config, data)
     train_rows = limit_rows(data.rows["train"], TRAIN_METRICS_MAX_ROWS, config.seed).reset_index(
         drop=True
     )
-    train = score_split(model, train_rows, data, threshold, config.batch_size)
-    labels = test.rows["label"].to_numpy()
-    patients = test.rows["patient_id"].to_numpy()
-    return {
-        "threshold": threshold,
-        "val": val,
-        "test": test,
-        "train": train,
-        "test_patient_metrics": per_patient_metrics(
-            labels, test.probabilities, patients, threshold
-        ),
-        "test_ci": patient_bootstrap_ci(
-            labels, test.probabilities, patients, threshold, seed=config.seed
-        ),
-        "patient_table": patient_summary(labels, test.probabilities, patients, threshold),
+    splits = {"train": train_rows, "test": data.rows["test"]}
+    scored = {
+        name: score_split(
+            rows, predict_probabilities(model, rows, data, config.batch_size), threshold
+        )
+        for name, rows in splits.items()
     }
+    return evaluate_splits(
+        {"train": scored["train"], "val": val, "test": scored["test"]},
+        threshold,
+        focus="test",
+        seed=config.seed,
+    )
 
 
-def train(
+def train_and_score(
     config: TrainConfig,
     *,
     work_dir: Path,
@@ -294,15 +275,16 @@ def train(
     started = time.perf_counter()
     data = data or prepare_data(config)
     prepared = time.perf_counter()
-    model, fit_result = build_and_fit(config, data, work_dir=work_dir, callbacks=callbacks)
+    model = build_model(config)
+    fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
     fitted = time.perf_counter()
-    scores = evaluate_model(config, data, model)
+    evaluation = evaluate_model(config, data, model)
     done = time.perf_counter()
     return TrainOutcome(
         config=config,
         data=data,
         model=model,
         fit=fit_result,
+        evaluation=evaluation,
         seconds={"data": prepared - started, "fit": fitted - prepared, "evaluate": done - fitted},
-        **scores,
     )

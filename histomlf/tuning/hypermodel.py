@@ -1,8 +1,8 @@
 """`IdcHyperModel`: a Keras Tuner hypermodel that trains a trial exactly like `histomlf train`.
 
-`build(hp)` is `create_model` with the trial's values applied to the base `TrainConfig`;
-`fit(hp, model, ...)` runs histomlf's two-phase `fit` on the shared patient split, chooses the
-decision threshold on the validation split and returns the full `val_*` metric set (the oracle
+`build(hp)` is the train recipe's `build_model` with the trial's values applied to the base
+`TrainConfig`; `fit(hp, model, ...)` is the recipe's `fit_model` on the shared patient split
+followed by its `choose_threshold_on_val`, and returns the full `val_*` metric set (the oracle
 reads the objective from it). Nothing here touches MLflow: a tracker plugs in through
 `observer` (per-execution Keras callbacks) and reads `results` after each trial.
 
@@ -112,18 +112,12 @@ class IdcHyperModel(kt.HyperModel):
         return len(self.results)
 
     def build(self, hp: kt.HyperParameters) -> Any:
-        from histomlf.models import create_model
         from histomlf.training.fit import make_deterministic
+        from histomlf.training.workflow import build_model
 
         config = self.trial_config(hp)
         make_deterministic(config.seed + self.execution)
-        return create_model(
-            config.model,
-            weights=config.weights,
-            image_size=config.image_size,
-            dropout=config.dropout,
-            dense_units=config.dense_units,
-        )
+        return build_model(config)
 
     def fit(
         self,
@@ -135,35 +129,20 @@ class IdcHyperModel(kt.HyperModel):
         initial_epoch: int = 0,
         **kwargs: Any,
     ) -> dict[str, float]:
-        """Train `model` like `histomlf train` and return its `val_*` metrics."""
-        from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
-        from histomlf.training.fit import fit
+        """Train `model` with the train recipe's own fit and return its `val_*` metrics."""
+        from histomlf.training.workflow import choose_threshold_on_val, fit_model
 
         execution = self.execution
         config = schedule(self.trial_config(hp), epochs, initial_epoch)
         run_config = config.replace(seed=config.seed + execution)
-        data = self.data
-        train_rows, val_rows = data.rows["train"], data.rows["val"]
-        train_ds = make_dataset(
-            train_rows, batch_size=run_config.batch_size, training=True,
-            augment=run_config.augment, balance=run_config.balance, seed=run_config.seed,
-            packed=data.packed, repeat=True,
-        )  # fmt: skip
-        val_ds = make_dataset(val_rows, batch_size=run_config.batch_size, training=False,
-                              packed=data.packed)
-        weights = (class_weights(train_rows["label"].to_numpy())
-                   if run_config.balance == "class_weight" else None)
         extra = (self.observer.execution_callbacks(self.trial_id, execution, initial_epoch)
                  if self.observer is not None else [])
-        result = fit(
-            model, run_config, train_ds, val_ds,
-            steps_per_epoch=steps_per_epoch(train_rows, run_config.batch_size, run_config.balance),
-            class_weight=weights,
-            callbacks=[*callbacks, *extra],
+        result = fit_model(
+            model, run_config, self.data, callbacks=[*callbacks, *extra],
             work_dir=self.work_root / f"trial_{self.trial_id}" / f"execution_{execution}",
             initial_epoch=initial_epoch,
         )  # fmt: skip
-        val, threshold = self._score_val(model, config)
+        threshold, val = choose_threshold_on_val(model, config, self.data)
         metrics = {f"val_{name}": float(value) for name, value in val.metrics.items()}
         last_epoch = initial_epoch + max(config.epochs - initial_epoch, 0) + config.fine_tune_epochs
         self.results.append(ExecutionResult(
@@ -172,18 +151,6 @@ class IdcHyperModel(kt.HyperModel):
             last_epoch=last_epoch,
         ))  # fmt: skip
         return metrics
-
-    def _score_val(self, model: Any, config: TrainConfig) -> tuple[Any, float]:
-        from histomlf.evaluation.metrics import classification_metrics
-        from histomlf.evaluation.threshold import choose_threshold
-        from histomlf.training.workflow import SplitScores, predict_probabilities
-
-        rows = self.data.rows["val"]
-        labels = rows["label"].to_numpy()
-        probabilities = predict_probabilities(model, rows, self.data, config.batch_size)
-        threshold = float(choose_threshold(labels, probabilities, config.threshold_policy))
-        metrics = classification_metrics(labels, probabilities, threshold)
-        return SplitScores(rows=rows, probabilities=probabilities, metrics=metrics), threshold
 
     def best_result(self) -> ExecutionResult | None:
         """This trial's best execution by the objective (NaN never wins)."""

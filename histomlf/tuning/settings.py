@@ -123,3 +123,28 @@ def _check_hyperband(config: TrainConfig, settings: SearchSettings) -> None:
 def settings_from_dict(values: dict[str, Any]) -> SearchSettings:
     """Rebuild settings saved with a search (resume, workers)."""
     return build_config(SearchSettings, values, source="saved search settings")
+
+
+class SearchError(ValueError):
+    """A search that cannot start or continue as asked; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """What defines a search: the base training config and the search settings (with space)."""
+
+    config: TrainConfig
+    settings: SearchSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = {k: v for k, v in self.settings.as_params().items() if k != "direction"}
+        settings["direction"] = self.settings.direction
+        return {
+            "config": self.config.as_params(),
+            "settings": {**settings, "space": self.settings.space},
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> SearchSpec:
+        config = build_config(TrainConfig, payload["config"], source="saved search config")
+        return cls(config, settings_from_dict(payload["settings"]))

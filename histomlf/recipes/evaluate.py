@@ -1,4 +1,10 @@
-"""Evaluating and batch-predicting with a logged model: `histomlf evaluate` and `predict`."""
+"""Scoring a logged model on data: `histomlf evaluate` (tracked) and `histomlf predict` (files).
+
+Both go through the model's pyfunc, so they see the model exactly as `mlflow models serve`
+does, decision threshold included. `evaluate` logs the same artifacts as a train run's test
+evaluation (`log_evaluation`), under the scored split's name (`test`, `val`, `train`, or
+`eval` for a whole folder).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 
-from histomlf.tracking import runs
-from histomlf.tracking.scoring import (
-    load_model,
-    metrics_at_model_threshold,
-    predict_rows,
-    source_run_split,
-)
+from histomlf.tracking import artifacts, runs
+from histomlf.tracking.scoring import load_model, model_threshold, predict_rows, source_run_split
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -43,10 +43,14 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
     return rows
 
 
-def evaluate_and_log(
+def evaluate(
     model_uri: str, data: str, *, split: str = "test", split_file: Path | None = None
 ) -> dict[str, Any]:
     """Score `model_uri` on a split (by default the one its training run logged) and log it."""
+    from histomlf.evaluation.scored import evaluate_splits, score_split
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     manifest, digest, source = manifest_for(data)
     with runs.active_run(run_name=f"evaluate-{split}") as run, tempfile.TemporaryDirectory() as tmp:
         split_file = split_file or (
@@ -58,11 +62,13 @@ def evaluate_and_log(
                 "pass --split-file or --split all"
             )
         rows = select_split(manifest, split, split_file)
-        predictions = predict_rows(load_model(model_uri), rows, progress=True)
-        metrics = metrics_at_model_threshold(rows["label"].to_numpy(), predictions)
-        prefix = "eval" if split == "all" else split
-        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in metrics.items()})
-        mlflow.set_tags(
+        model = load_model(model_uri)
+        threshold = model_threshold(model)
+        predictions = predict_rows(model, rows, progress=True)
+        focus = "eval" if split == "all" else split
+        scores = score_split(rows, predictions["probability"].to_numpy(), threshold)
+        evaluation = evaluate_splits({focus: scores}, threshold, focus=focus)
+        runs.set_tags(
             {
                 "histomlf.kind": "evaluate",
                 "histomlf.model_uri": model_uri,
@@ -73,19 +79,11 @@ def evaluate_and_log(
         runs.log_resolved_params(
             {"model_uri": model_uri, "data": source, "split": split, "patches": len(rows)}
         )
-        out = rows[["path", "patient_id", "x", "y", "label"]].join(
-            predictions.rename(columns={"label": "predicted"})
-        )
-        runs.log_frame(out, "predictions/predictions.csv")
-        return {
-            "run_id": run.info.run_id,
-            "metrics": {f"{prefix}_{k}": v for k, v in metrics.items()},
-        }
+        artifacts.log_evaluation(evaluation)
+        return {"run_id": run.info.run_id, "metrics": evaluation.metrics()}
 
 
-def predict_to_files(
-    model_uri: str, data: str, out: Path, *, batch_size: int = 256
-) -> tuple[Path, Path]:
+def predict(model_uri: str, data: str, out: Path, *, batch_size: int = 256) -> tuple[Path, Path]:
     """Write one row per patch and a per-patient summary beside it; logs nothing."""
     manifest, _, _ = manifest_for(data)
     predictions = predict_rows(

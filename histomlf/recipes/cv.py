@@ -1,23 +1,27 @@
-"""Cross-validation by patient: one nested run per fold, mean and sd on the parent."""
+"""The cross-validation recipe: K patient folds, one nested run each, mean and sd on the parent.
+
+Every fold trains with the train recipe's own `train_and_score` on a split from
+`patient_kfold` (seeded, so every recipe compared on the same data sees the same folds) and is
+logged by the same `log_evaluation` as a train run.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 
 from histomlf.config import TrainConfig
 from histomlf.evaluation.metrics import METRIC_NAMES
 from histomlf.paths import cache_root
-from histomlf.tracking import runs
+from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
-from histomlf.tracking.train_run import log_data, log_split_scores
 
 SUMMARY_METRICS = tuple(f"test_{name}" for name in METRIC_NAMES) + tuple(
     f"test_patient_{name}" for name in METRIC_NAMES
 )
+FOLD_TABLE_METRICS = ("test_roc_auc", "test_balanced_accuracy", "test_f1")
 
 
 def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -32,17 +36,21 @@ def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def cv_and_log(config: TrainConfig, folds: int) -> dict[str, Any]:
-    """Train `config` on each of `folds` patient folds, each fold in its own nested run."""
+def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
+    """Train `config` on each of `folds` patient folds, each fold in its own nested run.
+
+    Returns `{"run_id", "summary", "folds"}`: the parent run, mean/sd per metric, and one row
+    per fold (run id, seconds, headline test metrics).
+    """
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
-    from histomlf.training.workflow import prepare_data, resolve_data_dir, train
+    from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
     with runs.active_run(run_name=f"cv{folds}-{config.model}-{config.experiment}") as parent:
         runs.log_config(config, extra={"folds": folds})
         runs.log_resolved_params({"folds": folds})
         runs.log_environment()
-        mlflow.set_tag("histomlf.kind", "cv")
+        runs.set_tags({"histomlf.kind": "cv"})
         data_dir, _ = resolve_data_dir(config)
         manifest = scan_to_cache(data_dir).manifest
         fold_splits = patient_kfold(
@@ -50,20 +58,22 @@ def cv_and_log(config: TrainConfig, folds: int) -> dict[str, Any]:
         )
         fold_metrics, rows = [], []
         for index, split in enumerate(fold_splits):
-            with mlflow.start_run(run_name=f"fold-{index}", nested=True) as child:
-                mlflow.set_tags({"histomlf.kind": "cv-fold", "histomlf.fold": str(index)})
-                mlflow.log_params(
-                    {**{k: str(v) for k, v in config.as_params().items()}, "fold": index}
-                )
+            with runs.nested_run(
+                f"fold-{index}",
+                tags={"histomlf.kind": "cv-fold", "histomlf.fold": str(index)},
+                params={**config.as_params(), "fold": index},
+            ) as child:
                 data = prepare_data(config, split=split)
-                log_data(data)
-                outcome = train(
+                artifacts.log_data(data)
+                outcome = train_and_score(
                     config,
                     work_dir=cache_root() / "runs" / child.info.run_id,
                     callbacks=[MlflowEpochLogger()],
                     data=data,
                 )
-                log_split_scores(outcome)
+                artifacts.log_evaluation(
+                    outcome.evaluation, history=outcome.fit.history, phases=outcome.fit.phases
+                )
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)
                 rows.append(
@@ -71,14 +81,10 @@ def cv_and_log(config: TrainConfig, folds: int) -> dict[str, Any]:
                         "fold": index,
                         "run_id": child.info.run_id,
                         "seconds": sum(outcome.seconds.values()),
-                        **{
-                            k: metrics[k]
-                            for k in ("test_roc_auc", "test_balanced_accuracy", "test_f1")
-                        },
+                        **{k: metrics[k] for k in FOLD_TABLE_METRICS},
                     }
                 )
         summary = summarise_folds(fold_metrics)
-        mlflow.log_metrics(summary)
-        table = pd.DataFrame(rows)
-        mlflow.log_table(table, "cv/folds.json")
+        runs.log_metrics(summary)
+        runs.log_table(pd.DataFrame(rows), "cv/folds.json")
         return {"run_id": parent.info.run_id, "summary": summary, "folds": rows}

@@ -1,0 +1,110 @@
+"""The train recipe, tracked: `train(config)` trains, evaluates, logs and gates one model.
+
+`histomlf.training.workflow` computes; this recipe opens the run (or attaches to the one
+`mlflow run` opened), hands each result to `histomlf.tracking` as it comes, and returns the
+run id, model URI and metrics, so tests and notebooks call it directly with a tiny config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from histomlf.config import TrainConfig
+from histomlf.environment import git_state
+from histomlf.paths import cache_root
+from histomlf.tracking import artifacts, runs
+from histomlf.tracking.callbacks import MlflowEpochLogger
+
+
+def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
+    """The fit's work folder, named by what defines the run: config, data and split digests.
+
+    After a crash, rerunning the same command finds the same folder and Keras'
+    `BackupAndRestore` resumes from the last finished epoch; a finished fit empties it, so the
+    next identical run starts fresh.
+    """
+    identity = json.dumps(
+        {**config.as_params(), "data": data.data_digest, "split": data.split_digest},
+        sort_keys=True,
+        default=str,
+    )
+    return cache_root() / "work" / hashlib.sha256(identity.encode()).hexdigest()[:20]
+
+
+def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]:
+    """Train `config` in the active (or a new) MLflow run, log everything, gate the champion.
+
+    Returns `{"run_id", "model_uri", "metrics"}` and, with `config.register_as`, `"gate"`.
+    """
+    from histomlf.tracking.pyfunc import log_patch_classifier
+    from histomlf.training.workflow import prepare_data, train_and_score
+
+    with runs.active_run(run_name=run_name or f"{config.model}-{config.experiment}") as run:
+        run_id = run.info.run_id
+        runs.log_config(config)
+        runs.log_environment()
+        data = prepare_data(config)
+        artifacts.log_data(data)
+        work_dir = resumable_work_dir(config, data)
+        artifacts.close_crashed_attempts(work_dir.name, run_id)
+        epoch_logger = MlflowEpochLogger()
+        outcome = train_and_score(config, work_dir=work_dir, callbacks=[epoch_logger], data=data)
+        if outcome.fit.resumed:
+            artifacts.backfill_epochs(outcome.fit, epoch_logger.logged_steps)
+        artifacts.log_evaluation(
+            outcome.evaluation, history=outcome.fit.history, phases=outcome.fit.phases
+        )
+        artifacts.log_seconds(outcome.seconds)
+        info = log_patch_classifier(
+            outcome.model,
+            threshold=outcome.evaluation.threshold,
+            metadata={
+                "model": config.model,
+                "data_digest": data.data_digest,
+                "split_digest": data.split_digest,
+            },
+        )
+        result = {"run_id": run_id, "model_uri": info.model_uri, "metrics": outcome.metrics()}
+        if config.register_as:
+            result["gate"] = register(config, outcome.evaluation, data, info.model_uri, run_id)
+        return result
+
+
+def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, run_id: str):
+    """Register `model_uri` under `config.register_as` and let the gate decide its alias.
+
+    The current champion is re-scored through its pyfunc on this run's test split, so the
+    comparison is like with like (the gate checks the data and split digests match).
+    """
+    from histomlf.evaluation.metrics import classification_metrics
+    from histomlf.tracking.registry import register_and_gate
+    from histomlf.tracking.scoring import load_model, model_threshold, predict_rows
+
+    metric = config.gate_metric
+    test_rows = data.rows["test"]
+
+    def score_champion(uri: str) -> float:
+        champion = load_model(uri)
+        predictions = predict_rows(champion, test_rows, packed=data.packed)
+        scores = classification_metrics(
+            test_rows["label"].to_numpy(), predictions["probability"], model_threshold(champion)
+        )
+        return float(scores[metric])
+
+    return register_and_gate(
+        run_id,
+        model_uri,
+        config.register_as,
+        gate_metric=metric,
+        new_score=float(evaluation.splits["test"].metrics[metric]),
+        digests={"data_digest": data.data_digest, "split_digest": data.split_digest},
+        tags={
+            "model": config.model,
+            "experiment": config.experiment,
+            **{k: str(v) for k, v in git_state().items()},
+        },
+        score_champion=score_champion,
+    )

@@ -1,0 +1,70 @@
+"""The recipes called in-process, as a notebook or another tool would: tiny data, tmp store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers_mlflow import tmp_store
+
+from histomlf.config import ConfigError, TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from histomlf.data.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synthetic") / "idc"
+    generate_dataset(out, patients=12, patches_per_patient=30, seed=3)
+    return out
+
+
+def tiny_config(data_dir: Path, **changes) -> TrainConfig:
+    return TrainConfig(
+        model="simplecnn",
+        epochs=1,
+        batch_size=32,
+        dense_units=16,
+        augment="none",
+        early_stopping_patience=0,
+        data_dir=str(data_dir),
+        experiment="in-process",
+        **changes,
+    )
+
+
+def test_a_test_metric_name_is_refused_before_any_data_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="gate_metric .*write 'roc_auc'"):
+        tiny_config(tmp_path / "does-not-exist", gate_metric="test_roc_auc")
+
+
+def test_train_recipe_returns_what_it_logged_and_gates_the_champion(
+    tmp_path: Path, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from histomlf.recipes.train import train
+
+    monkeypatch.setenv("HISTOMLF_CACHE", str(tmp_path / "cache"))
+    with tmp_store(tmp_path) as store:
+        result = train(tiny_config(synthetic, register_as="idc-in-process"))
+        client = MlflowClient(store.tracking_uri)
+        run = client.get_run(result["run_id"])
+        artifacts = {a.path for folder in ("evaluation", "predictions", "data")
+                     for a in client.list_artifacts(run.info.run_id, folder)}
+        version = client.get_model_version_by_alias("idc-in-process", "champion")
+
+    metrics = result["metrics"]
+    for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "decision_threshold",
+                "test_roc_auc_ci_low", "test_patient_roc_auc"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key]), key
+    assert 0.0 <= metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc_ci_high"] <= 1.0
+    assert run.data.params["model"] == "simplecnn" and run.data.params["epochs"] == "1"
+    assert run.data.tags["histomlf.data_source"] == "folder"
+    assert {"evaluation/test_roc.png", "evaluation/test_confusion_matrix.json",
+            "evaluation/test_bootstrap_ci.json", "evaluation/training_curves.png",
+            "predictions/test_predictions.csv", "predictions/val_predictions.csv",
+            "predictions/test_patients.csv", "data/split.csv"} <= artifacts
+    assert result["gate"].promoted and version.run_id == result["run_id"]
