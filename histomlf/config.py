@@ -11,6 +11,7 @@ or Python.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -21,6 +22,9 @@ import yaml
 
 EXPERIMENTS_DIR_NAME = "experiments"
 DEFAULT_EXPERIMENT = "default"
+# What the default becomes when no data is given: a minutes-long run on synthetic patches.
+DEMO_EXPERIMENT = "demo"
+DATA_DIR_ENV = "HISTOMLF_DATA_DIR"
 
 AUGMENT_CHOICES = ("none", "light", "strong")
 BALANCE_CHOICES = ("class_weight", "undersample", "none")
@@ -170,6 +174,11 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in fields(cls)}
 
 
+def uses_real_data(values: dict[str, Any]) -> bool:
+    """Whether a data folder is given (`data_dir` or `$HISTOMLF_DATA_DIR`); else synthetic."""
+    return bool(str(values.get("data_dir") or "").strip() or os.environ.get(DATA_DIR_ENV, ""))
+
+
 def resolve_experiment_path(experiment: str | Path, search_dirs: list[Path] | None = None) -> Path:
     """Find an experiment file from a path or a bare name (`vgg16` -> experiments/vgg16.yaml)."""
     candidate = Path(experiment)
@@ -226,9 +235,15 @@ def load_experiment(
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """Load an experiment file plus overrides into a `TrainConfig`.
 
+    The default experiment without any data folder (no `data_dir` override, no
+    `$HISTOMLF_DATA_DIR`) loads `experiments/demo.yaml` instead: the synthetic first run.
+
     Top-level sections named in `sections` (e.g. `search` for tuning) are returned separately
     instead of being treated as unknown keys. Returns `(config, {section: content})`.
     """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if str(experiment) == DEFAULT_EXPERIMENT and not uses_real_data(given):
+        experiment = DEMO_EXPERIMENT
     path = resolve_experiment_path(experiment)
     content = read_experiment_file(path)
     extra = {name: content.pop(name) for name in sections if name in content}

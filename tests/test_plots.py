@@ -66,11 +66,3 @@ def test_training_curves_mark_the_phase_boundary(tmp_path: Path) -> None:
     assert boundaries and boundaries[0].get_xdata()[0] == 2.5
     assert_png(figure, tmp_path / "curves.png")
     assert_png(plots.plot_training_curves({"loss": [1.0]}), tmp_path / "one.png")
-
-
-def test_tracking_layer_names_are_aliases(tmp_path: Path) -> None:
-    assert plots.roc_figure is plots.plot_roc_curve
-    assert plots.pr_figure is plots.plot_pr_curve
-    assert plots.confusion_matrix_figure is plots.plot_confusion_matrix
-    assert plots.reliability_figure is plots.plot_reliability_diagram
-    assert_png(plots.training_curves_figure(HISTORY, [1, 2, 2]), tmp_path / "curves.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -18,48 +19,14 @@ from conftest import REPO_ROOT
 from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 
+from histomlf.config import TrainConfig
+from histomlf.evaluation.metrics import METRICS
+
 pytestmark = pytest.mark.slow
 
 SPLITS = ("train", "val", "test", "test_patient")
-NAMES = (
-    "accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-    "ece",
-    "loss",
-)
-CONFIG_KEYS = (
-    "model",
-    "weights",
-    "image_size",
-    "epochs",
-    "fine_tune_epochs",
-    "fine_tune_layers",
-    "learning_rate",
-    "fine_tune_learning_rate",
-    "optimizer",
-    "batch_size",
-    "dropout",
-    "dense_units",
-    "augment",
-    "balance",
-    "early_stopping_patience",
-    "threshold_policy",
-    "gate_metric",
-    "max_samples",
-    "seed",
-    "data_dir",
-    "val_fraction",
-    "test_fraction",
-    "register_as",
-    "experiment",
-)
+NAMES = tuple(METRICS)
+CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 
 
 def tracking_env(tmp_path: Path) -> dict[str, str]:

@@ -30,6 +30,11 @@ def train(experiment: str, as_json: bool, **options) -> None:
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
+    print_summary(result)
+
+
+def print_summary(result: dict) -> None:
+    """The run, its headline test metrics, the gate's verdict and the next three commands."""
     metrics = result["metrics"]
     click.echo(f"run {result['run_id']}  model {result['model_uri']}")
     for name in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "test_accuracy"):
@@ -37,8 +42,24 @@ def train(experiment: str, as_json: bool, **options) -> None:
     gate = result.get("gate")
     if gate is not None:
         click.echo(f"registry: {gate.name} v{gate.version} -> {gate.alias} ({gate.reason})")
+    if result.get("data_source") == "synthetic":
         click.echo(
-            "serve it:  mlflow models serve -m "
-            f"models:/{gate.name}@champion --env-manager local -p 5001"
+            f"\nThese data were SYNTHETIC (experiment {result.get('experiment')}): generated "
+            "patches whose classes differ by texture. The scores say nothing about real tissue."
         )
-    click.echo("compare runs:  mlflow ui  (then open http://127.0.0.1:5000)")
+    click.echo("\nNext:")
+    click.echo("  1. compare runs:   mlflow ui   (then open http://127.0.0.1:5000)")
+    if gate is not None:
+        click.echo(
+            f"  2. serve it:       mlflow models serve -m models:/{gate.name}@champion "
+            "--env-manager local -p 5001"
+        )
+        click.echo(
+            "     then:           curl -s localhost:5001/invocations -H 'Content-Type: "
+            "application/json' -d \"{\\\"dataframe_split\\\": {\\\"columns\\\": "
+            "[\\\"image\\\"], \\\"data\\\": [[\\\"$(base64 -w0 patch.png)\\\"]]}}\""
+        )
+    click.echo(
+        "  3. real data:      mlflow run . --env-manager local -P data_dir=/path/to/idc   "
+        "(the Kaggle layout; `histomlf data fetch DEST` downloads it)"
+    )

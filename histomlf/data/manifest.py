@@ -27,11 +27,6 @@ class ManifestError(ValueError):
     """A manifest file is missing, unreadable or lacks required columns."""
 
 
-def empty_manifest() -> pd.DataFrame:
-    """A manifest with no rows and the right columns and dtypes."""
-    return _typed(pd.DataFrame({column: [] for column in MANIFEST_COLUMNS}))
-
-
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.loc[:, list(MANIFEST_COLUMNS)].copy()
     frame["path"] = frame["path"].astype(str)

@@ -34,7 +34,9 @@ from histomlf.memory import release_freed_memory
 FORMAT_VERSION = 1
 PATCH_SHAPE = (PATCH_SIZE, PATCH_SIZE, CHANNELS)
 ROW_BYTES = PATCH_SIZE * PATCH_SIZE * CHANNELS
-DIGEST_COLUMNS = ("path", "label", "width", "height")
+# What identifies a packed cache: the rows it holds, in order (not the dataset digest, which
+# ignores paths and order).
+CACHE_KEY_COLUMNS = ("path", "label", "width", "height")
 PATCHES_FILE = "patches.u8"
 LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
@@ -58,7 +60,7 @@ def manifest_digest(rows: pd.DataFrame) -> str:
     """
     if "path" not in rows.columns or "label" not in rows.columns:
         raise ValueError("a manifest needs 'path' and 'label' columns")
-    columns = [c for c in DIGEST_COLUMNS if c in rows.columns]
+    columns = [c for c in CACHE_KEY_COLUMNS if c in rows.columns]
     digest = hashlib.sha256(f"packed-v{FORMAT_VERSION}:{len(rows)}:{','.join(columns)}\n".encode())
     # A slice at a time: the text of 277k rows at once held ~100 MB of short-lived strings,
     # which the allocator keeps for the rest of the process.

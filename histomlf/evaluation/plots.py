@@ -195,18 +195,3 @@ def plot_training_curves(
         if axes.has_data():
             axes.legend()
     return figure
-
-
-def training_curves_figure(
-    history: Mapping[str, Sequence[float]],
-    phases: Sequence[int] | None = None,
-    epochs: Sequence[int] | None = None,
-) -> Figure:
-    """`plot_training_curves` with `phases` positional (the name the tracking layer uses)."""
-    return plot_training_curves(history, phases=phases, epochs=epochs)
-
-
-confusion_matrix_figure = plot_confusion_matrix
-roc_figure = plot_roc_curve
-pr_figure = plot_pr_curve
-reliability_figure = plot_reliability_diagram

@@ -12,11 +12,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from histomlf.config import TrainConfig
+from histomlf.config import DEMO_EXPERIMENT, TrainConfig
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
+
+DEMO_SUFFIX = "-demo"
+
+
+def registered_name(config: TrainConfig, data: Any) -> str:
+    """The registered model name: `register_as`, or `<register_as>-demo` for synthetic data.
+
+    The gate never promotes across data digests, so a champion trained on synthetic patches
+    under the real name would hold `@champion` against the user's first real model.
+    """
+    name = config.register_as
+    if data.data_source == "synthetic" and not name.endswith(DEMO_SUFFIX):
+        name += DEMO_SUFFIX
+    return name
 
 
 def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
@@ -46,6 +60,8 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         run_id = run.info.run_id
         runs.log_config(config)
         runs.log_environment()
+        if config.experiment == DEMO_EXPERIMENT:
+            runs.set_tags({"histomlf.demo": "true"})
         data = prepare_data(config)
         artifacts.log_data(data)
         work_dir = resumable_work_dir(config, data)
@@ -67,7 +83,13 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
                 "split_digest": data.split_digest,
             },
         )
-        result = {"run_id": run_id, "model_uri": info.model_uri, "metrics": outcome.metrics()}
+        result = {
+            "run_id": run_id,
+            "model_uri": info.model_uri,
+            "metrics": outcome.metrics(),
+            "data_source": data.data_source,
+            "experiment": config.experiment,
+        }
         if config.register_as:
             result["gate"] = register(config, outcome.evaluation, data, info.model_uri, run_id)
         return result
@@ -97,7 +119,7 @@ def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, ru
     return register_and_gate(
         run_id,
         model_uri,
-        config.register_as,
+        registered_name(config, data),
         gate_metric=metric,
         new_score=float(evaluation.splits["test"].metrics[metric]),
         digests={"data_digest": data.data_digest, "split_digest": data.split_digest},

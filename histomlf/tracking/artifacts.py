@@ -31,16 +31,16 @@ def log_evaluation(
         confusion(labels, probabilities, threshold), f"evaluation/{focus}_confusion_matrix.json"
     )
     figures = {
-        "confusion_matrix": plots.confusion_matrix_figure(labels, probabilities, threshold),
-        "roc": plots.roc_figure(labels, probabilities, threshold),
-        "pr": plots.pr_figure(labels, probabilities, threshold),
-        "reliability": plots.reliability_figure(labels, probabilities),
+        "confusion_matrix": plots.plot_confusion_matrix(labels, probabilities, threshold),
+        "roc": plots.plot_roc_curve(labels, probabilities, threshold),
+        "pr": plots.plot_pr_curve(labels, probabilities, threshold),
+        "reliability": plots.plot_reliability_diagram(labels, probabilities),
     }
     for name, figure in figures.items():
         runs.log_figure(figure, f"evaluation/{focus}_{name}.png")
     if history is not None:
         runs.log_figure(
-            plots.training_curves_figure(history, phases), "evaluation/training_curves.png"
+            plots.plot_training_curves(history, phases=phases), "evaluation/training_curves.png"
         )
     for split, scores in evaluation.splits.items():
         if split != "train":  # train scores are a capped sample: metrics only

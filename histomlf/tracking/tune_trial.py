@@ -144,7 +144,7 @@ class TrialTrackingMixin:
         labels = best.val.rows["label"].to_numpy()
         runs.log_json(confusion(labels, best.val.probabilities, best.threshold),
                       "evaluation/val_confusion_matrix.json")
-        runs.log_figure(plots.confusion_matrix_figure(labels, best.val.probabilities,
+        runs.log_figure(plots.plot_confusion_matrix(labels, best.val.probabilities,
                                                       best.threshold),
                         "evaluation/val_confusion_matrix.png")
         mlflow.set_tags({

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histomlf.config import TrainConfig
+from histomlf.config import DATA_DIR_ENV, TrainConfig
 from histomlf.evaluation.scored import Evaluation, SplitScores, evaluate_splits, score_split
 from histomlf.memory import release_freed_memory
 from histomlf.paths import cache_root
@@ -71,7 +71,7 @@ def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
     `mlflow run .` works on a fresh machine; runs say `data_source=synthetic` so nobody mistakes
     its numbers for real ones.
     """
-    given = config.data_dir or os.environ.get("HISTOMLF_DATA_DIR", "")
+    given = config.data_dir or os.environ.get(DATA_DIR_ENV, "")
     if given.startswith("s3://"):
         from histomlf.data.s3sync import sync_s3_prefix
 

@@ -117,15 +117,6 @@ class SearchSpace:
         changes = {k: coerce(k, v, hints[k]) for k, v in values.items() if k in self.names}
         return base.replace(**changes)
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON/YAML-ready description, logged with the search."""
-        out = {}
-        for p in self.params:
-            entry: dict[str, Any] = {"kind": p.kind, **p.args}
-            if p.when is not None:
-                entry["when"] = {p.when[0]: list(p.when[1])}
-            out[p.name] = entry
-        return out
 
 
 def _parse(name: str, spec: Any, base: TrainConfig) -> Param:
