@@ -14,9 +14,10 @@ synthetic data looks like tissue with tumour in it, and a good model's map shows
 
 The tree mirrors the archive: `<pid>/<0|1>/<pid>_idx5_x<X>_y<Y>_class<C>.png`, ~28 % positives,
 a few slide-border crops 50 px wide and fewer rows high (on the tissue's bottom edge), x/y
-unique per patient on the 50-px grid (1-based), and optionally the second top folder `IDC_regular_ps50_idx5/` holding
-byte-identical copies of every file. Patients are generated in parallel processes, each from
-its own seed, so the output does not depend on the number of workers.
+unique per patient on the 50-px grid (1-based), and optionally the second top folder
+`IDC_regular_ps50_idx5/` holding byte-identical copies of every file. Patients are generated
+in parallel processes, each from its own seed, so the output does not depend on the number of
+workers.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ POSITIVE_SHARE = 0.28
 SHARE_BETA = (0.9, 0.9 * (1 - POSITIVE_SHARE) / POSITIVE_SHARE)
 MAX_BORDER_ROWS = 42
 # Slide layout: grid cells per patch, how ragged the tissue is, IDC blobs per patient.
-TISSUE_SLACK = 2.0
-TISSUE_NOISE = 0.6
+TISSUE_SLACK = 3.0
+TISSUE_NOISE = 0.3
 MAX_BLOBS = 3
 BATCH = 256
 # Below this many patches a tree is written in-process: spawning workers costs more.
@@ -160,7 +161,7 @@ def slide_layout(
 ) -> SlideLayout:
     """Lay `count` patches over a tissue mask with a few coherent IDC blobs.
 
-    The tissue is the `count` cells of a square grid (about 2 cells per patch) that score
+    The tissue is the `count` cells of a square grid (about 3 cells per patch) that score
     highest on smooth noise minus the distance to the centre: one ragged, mostly connected
     piece. About `share` of the patches are IDC (binomial count), the tissue cells nearest to
     1-3 blob centres (with a little noise for ragged edges). Border crops (a binomial share

@@ -74,9 +74,7 @@ class GradCam:
         try:
             target = self.backbone.get_layer(self.layer)
         except ValueError:
-            raise GradCamError(
-                f"backbone of {model.name!r} has no layer {self.layer!r}"
-            ) from None
+            raise GradCamError(f"backbone of {model.name!r} has no layer {self.layer!r}") from None
         self.inner = keras.Model(
             self.backbone.inputs, [target.output, self.backbone.output], name="gradcam_inner"
         )

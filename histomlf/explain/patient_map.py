@@ -173,9 +173,7 @@ def stitch_tissue(
 def shrink(tissue: np.ndarray, max_pixels: int = TISSUE_PIXELS) -> np.ndarray:
     """Block-average `tissue` by the smallest divisor of 50 that fits it in `max_pixels`."""
     longest = max(tissue.shape[:2])
-    factor = next(
-        (f for f in (1, 2, 5, 10, 25, 50) if longest / f <= max_pixels), PATCH_SIZE
-    )
+    factor = next((f for f in (1, 2, 5, 10, 25, 50) if longest / f <= max_pixels), PATCH_SIZE)
     if factor == 1:
         return tissue
     height, width = tissue.shape[0] // factor, tissue.shape[1] // factor
@@ -260,8 +258,12 @@ def render_patient_map(
 
     norm = TwoSlopeNorm(vmin=0.0, vcenter=min(max(threshold, 1e-6), 1 - 1e-6), vmax=1.0)
     image = axes[2].imshow(
-        grid.probability, cmap=PROBABILITY_MAP, norm=norm, extent=extent,
-        interpolation="nearest", alpha=0.75,
+        grid.probability,
+        cmap=PROBABILITY_MAP,
+        norm=norm,
+        extent=extent,
+        interpolation="nearest",
+        alpha=0.75,
     )
     # One bar beside the right column keeps the four panels the same size.
     bar = figure.colorbar(image, ax=axes[[1, 3]], shrink=0.6, pad=0.02)
@@ -271,8 +273,13 @@ def render_patient_map(
 
     codes = np.ma.MaskedArray(grid.outcome, grid.mask)
     axes[3].imshow(
-        codes, cmap=ListedColormap(OUTCOME_COLOURS), vmin=-0.5, vmax=3.5, extent=extent,
-        interpolation="nearest", alpha=0.85,
+        codes,
+        cmap=ListedColormap(OUTCOME_COLOURS),
+        vmin=-0.5,
+        vmax=3.5,
+        extent=extent,
+        interpolation="nearest",
+        alpha=0.85,
     )
     counts = np.bincount(grid.outcome[~grid.mask], minlength=4)
     handles = [
@@ -299,4 +306,3 @@ def save_patient_map(
     figure.savefig(png, dpi=dpi)
     np.savez_compressed(png.with_suffix(".npz"), **grid.arrays())
     return patient_summary(frame, threshold)
-

@@ -30,7 +30,9 @@ GAP = 4
 
 def _colormap(name: str):
     if name not in UNIFORM_MAPS:
-        raise ValueError(f"colour map must be perceptually uniform ({', '.join(sorted(UNIFORM_MAPS))})")
+        raise ValueError(
+            f"colour map must be perceptually uniform ({', '.join(sorted(UNIFORM_MAPS))})"
+        )
     return colormaps[name]
 
 
