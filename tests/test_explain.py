@@ -16,7 +16,13 @@ from scipy import ndimage
 
 from histomlf.data.scan import scan_dataset
 from histomlf.data.synth import CYTOPLASM, HEMATOXYLIN, generate_dataset, make_patches
-from histomlf.explain.artifacts import KINDS, select_panel, select_patients, write_explanations
+from histomlf.explain.artifacts import (
+    KINDS,
+    ExplainError,
+    select_panel,
+    select_patients,
+    write_explanations,
+)
 from histomlf.explain.gradcam import GradCam, GradCamError, SmoothGrad, gradcam
 from histomlf.explain.patient_map import (
     OUTCOMES,
@@ -369,6 +375,8 @@ def test_write_explanations_layout_and_index(
         model, frame, threshold, tmp_path / "again", patches_per_kind=2, patients=2
     )
     assert again == index
+    with pytest.raises(ExplainError, match="not empty"):
+        write_explanations(model, frame, threshold, tmp_path)
 
 
 def test_overlay_strip_keeps_the_patch_and_refuses_jet() -> None:

@@ -127,16 +127,18 @@ def write_explanations(
     if not 0.0 <= threshold <= 1.0:
         raise ExplainError(f"threshold must be in [0, 1], got {threshold}")
     root = Path(out_dir) / ROOT
+    if root.exists() and any(root.iterdir()):
+        raise ExplainError(f"{root} is not empty: write explanations into a fresh folder")
     (root / "gradcam").mkdir(parents=True, exist_ok=True)
     (root / "patients").mkdir(parents=True, exist_ok=True)
 
     explainer = GradCam(model)
     panel = select_panel(frame, threshold, patches_per_kind, seed)
+    settings = SmoothGrad(seed=seed) if smoothgrad else None
     gradcam_entries = []
     if len(panel):
         patches = np.stack([decode_patch(Path(p).read_bytes()) for p in panel["path"]])
         predicted = (panel["probability"].to_numpy() >= threshold).astype(int)
-        settings = SmoothGrad(seed=seed) if smoothgrad else None
         maps = explainer(patches, predicted, smoothgrad=settings)
         for row, patch, cam, explained in zip(
             panel.itertuples(index=False), patches, maps, predicted, strict=True
@@ -178,7 +180,9 @@ def write_explanations(
         "layer": explainer.layer,
         "threshold": float(threshold),
         "colour_map": HEATMAP,
-        "smoothgrad": bool(smoothgrad),
+        "smoothgrad": (
+            {"samples": settings.samples, "noise": settings.noise} if settings else None
+        ),
         "seed": seed,
         "gradcam": gradcam_entries,
         "patients": patient_entries,
