@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from histomlf.data.patches import decode_patch
 from histomlf.data.scan import PATCH_NAME, SECOND_TOP_FOLDER, scan_dataset
-from histomlf.data.synth import generate_dataset, make_patches
+from histomlf.data.synth import generate_dataset, make_patches, slide_layout
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -64,6 +65,50 @@ def test_positive_share_is_about_28_percent(tmp_path: Path) -> None:
         tmp_path / "s", 60, 20, seed=1, duplicate_folder=False, border_fraction=0, workers=1
     )
     assert 0.20 <= stats["positives"] / stats["patches"] <= 0.36
+
+
+def _neighbour_agreement(rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> float:
+    """Share of IDC cells' tissue neighbours (4-connected) that are IDC too."""
+    cells = {(r, c): label for r, c, label in zip(rows, cols, labels, strict=True)}
+    pairs = [
+        cells[(r + dr, c + dc)]
+        for (r, c), label in cells.items()
+        if label == 1
+        for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0))
+        if (r + dr, c + dc) in cells
+    ]
+    return float(np.mean(pairs))
+
+
+def test_patients_are_slides_with_coherent_idc_blobs(tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "s", 3, 400, seed=2, duplicate_folder=False, workers=1)
+    manifest = scan_dataset(tmp_path / "s", workers=1, progress=False).manifest
+    checked = 0
+    for _, patient in manifest.groupby("patient_id"):
+        rows, cols = (patient["y"].to_numpy() - 1) // 50, (patient["x"].to_numpy() - 1) // 50
+        labels = patient["label"].to_numpy()
+        share = labels.mean()
+        # The tissue is one compact piece: mostly one component, filling much of its box.
+        grid = np.zeros((rows.max() + 1, cols.max() + 1), bool)
+        grid[rows, cols] = True
+        components, _ = ndimage.label(grid)
+        assert np.bincount(components.ravel())[1:].max() >= 0.9 * len(patient)
+        assert len(patient) / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1)) >= 0.45
+        if not 0 < share < 1:
+            continue
+        checked += 1
+        # Scattered labels give an agreement of about `share` (excess 0); blobs give far more.
+        excess = (_neighbour_agreement(rows, cols, labels) - share) / (1 - share)
+        assert excess >= 0.25, (share, excess)
+    assert checked >= 2
+
+
+def test_border_crops_lie_on_the_bottom_edge() -> None:
+    layout = slide_layout(300, 0.3, 0.05, np.random.default_rng(0))
+    crops = layout.heights < 50
+    assert 5 <= crops.sum() <= 30
+    assert layout.ys[crops].min() >= layout.ys[~crops].max()
+    assert len(set(zip(layout.xs.tolist(), layout.ys.tolist(), strict=True))) == 300
 
 
 def _load(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

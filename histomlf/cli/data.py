@@ -139,7 +139,10 @@ def synth(
     border_fraction: float,
     workers: int | None,
 ) -> None:
-    """Write a synthetic H&E-like IDC dataset in the Kaggle layout into OUT."""
+    """Write a synthetic H&E-like IDC dataset in the Kaggle layout into OUT.
+
+    Each patient is a slide: one piece of tissue on the 50-px grid with a few IDC blobs in it.
+    """
     from histomlf.data.synth import generate_dataset
 
     stats = generate_dataset(

@@ -8,11 +8,16 @@ Every patch's mean RGB is then moved to a target drawn from the same distributio
 classes (a per-patient stain colour plus a little per-patch jitter), so mean colour carries no
 label information (a logistic regression on it stays near chance).
 
+Each patient is a slide: its patches cover one ragged piece of tissue on the 50-px grid, and
+its IDC patches form 1-3 spatially coherent blobs in it (`slide_layout`), so a patient map of
+synthetic data looks like tissue with tumour in it, and a good model's map shows the blobs.
+
 The tree mirrors the archive: `<pid>/<0|1>/<pid>_idx5_x<X>_y<Y>_class<C>.png`, ~28 % positives,
-a few slide-border crops 50 px wide and fewer rows high, x/y unique per patient on the 50-px
-grid (1-based), and optionally the second top folder `IDC_regular_ps50_idx5/` holding
-byte-identical copies of every file. Patients are generated in parallel processes, each from
-its own seed, so the output does not depend on the number of workers.
+a few slide-border crops 50 px wide and fewer rows high (on the tissue's bottom edge), x/y
+unique per patient on the 50-px grid (1-based), and optionally the second top folder
+`IDC_regular_ps50_idx5/` holding byte-identical copies of every file. Patients are generated
+in parallel processes, each from its own seed, so the output does not depend on the number of
+workers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import io
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,10 @@ POSITIVE_SHARE = 0.28
 # Beta(a, b) of the patients' IDC shares: mean a / (a + b) = 0.28, widely spread as on real slides.
 SHARE_BETA = (0.9, 0.9 * (1 - POSITIVE_SHARE) / POSITIVE_SHARE)
 MAX_BORDER_ROWS = 42
+# Slide layout: grid cells per patch, how ragged the tissue is, IDC blobs per patient.
+TISSUE_SLACK = 3.0
+TISSUE_NOISE = 0.3
+MAX_BLOBS = 3
 BATCH = 256
 # Below this many patches a tree is written in-process: spawning workers costs more.
 PARALLEL_MIN_PATCHES = 4000
@@ -136,17 +146,58 @@ def patch_name(pid: str, x: int, y: int, label: int) -> str:
     return f"{pid}_idx5_x{x}_y{y}_class{label}.png"
 
 
+@dataclass(frozen=True)
+class SlideLayout:
+    """Where one patient's patches lie: 1-based top-left corners, classes and crop heights."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    labels: np.ndarray
+    heights: np.ndarray
+
+
+def slide_layout(
+    count: int, share: float, border_fraction: float, rng: np.random.Generator
+) -> SlideLayout:
+    """Lay `count` patches over a tissue mask with a few coherent IDC blobs.
+
+    The tissue is the `count` cells of a square grid (about 3 cells per patch) that score
+    highest on smooth noise minus the distance to the centre: one ragged, mostly connected
+    piece. About `share` of the patches are IDC (binomial count), the tissue cells nearest to
+    1-3 blob centres (with a little noise for ragged edges). Border crops (a binomial share
+    `border_fraction`) are the bottom-most cells, where a slide's edge would cut them.
+    """
+    side = max(2, math.ceil(math.sqrt(count * TISSUE_SLACK)))
+    rows, cols = np.mgrid[0:side, 0:side].astype(np.float64)
+    noise = ndimage.gaussian_filter(rng.standard_normal((side, side)), max(1.0, side / 8))
+    noise /= noise.std() or 1.0
+    centre = np.hypot(rows / side - 0.5, cols / side - 0.5)
+    score = TISSUE_NOISE * noise - centre * 4.0
+    cells = np.argsort(-score.ravel(), kind="stable")[:count]
+    rows, cols = cells // side, cells % side
+
+    positives = int(rng.binomial(count, share))
+    blobs = int(rng.integers(1, MAX_BLOBS + 1))
+    centres = rng.choice(count, size=blobs, replace=count < blobs)
+    radii = np.sqrt(max(positives, 1) / blobs / np.pi) * rng.uniform(0.8, 1.3, blobs)
+    distance = np.hypot(rows[:, None] - rows[centres], cols[:, None] - cols[centres])
+    near = np.exp(-0.5 * (distance / radii) ** 2).max(axis=1) + rng.normal(0, 0.1, count)
+    labels = np.zeros(count, np.int64)
+    labels[np.argsort(-near, kind="stable")[:positives]] = 1
+
+    heights = np.full(count, PATCH_SIZE, np.int64)
+    crops = int(rng.binomial(count, border_fraction))
+    bottom = np.lexsort((rng.random(count), -rows))[:crops]
+    heights[bottom] = rng.integers(1, MAX_BORDER_ROWS + 1, crops)
+    return SlideLayout(1 + PATCH_SIZE * cols, 1 + PATCH_SIZE * rows, labels, heights)
+
+
 def _write_patient(job: tuple[str, str, int, float, float, bool, Any]) -> dict[str, int]:
     """Generate and write one patient's patches; returns its counts."""
     out, pid, count, share, border_fraction, duplicate_folder, seed = job
     rng = np.random.default_rng(seed)
-    labels = (rng.random(count) < share).astype(np.int64)
-    side = max(1, math.ceil(math.sqrt(count * 1.5)))
-    cells = rng.choice(side * side, size=count, replace=False)
-    xs, ys = 1 + PATCH_SIZE * (cells % side), 1 + PATCH_SIZE * (cells // side)
-    heights = np.where(
-        rng.random(count) < border_fraction, rng.integers(1, MAX_BORDER_ROWS + 1, count), 50
-    )
+    layout = slide_layout(count, share, border_fraction, rng)
+    xs, ys, labels, heights = layout.xs, layout.ys, layout.labels, layout.heights
     stain = MEAN_COLOUR + rng.normal(0.0, 6.0, 3)
     roots = [Path(out)] + ([Path(out) / SECOND_TOP_FOLDER] if duplicate_folder else [])
     for root in roots:
