@@ -71,6 +71,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     register_as: str = ""
     packed_cache: bool = True
+    explain: bool = True
     experiment: str = DEFAULT_EXPERIMENT
 
     def __post_init__(self) -> None:

@@ -83,6 +83,24 @@ def test_evaluate_and_predict_a_trained_model(tmp_path: Path, idc_sample: Path) 
     for key in ("test_roc_auc", "test_accuracy", "test_f1"):
         assert evaluated["metrics"][key] == pytest.approx(trained["metrics"][key], abs=1e-6), key
 
+    # `histomlf explain` on the logged model: the chosen patient's map and the overlays
+    patient = "10261"
+    explained = histomlf(tmp_path, "explain", model_uri, str(idc_sample), "--out",
+                         str(tmp_path / "x"), "--patients", patient, "--patches", "1")
+    assert "patient maps" in explained
+    index = json.loads((tmp_path / "x" / "explain" / "index.json").read_text())
+    assert [p["patient_id"] for p in index["patients"]] == [patient]
+    assert (tmp_path / "x" / "explain" / "patients" / f"{patient}.png").is_file()
+    assert all((tmp_path / "x" / e["file"]).is_file() for e in index["gradcam"])
+    assert all(e["patient_id"] == patient for e in index["gradcam"])
+    unknown = subprocess.run(
+        [sys.executable, "-m", "histomlf", "explain", model_uri, str(idc_sample), "--out",
+         str(tmp_path / "y"), "--patients", "99999"],
+        env=tracking_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert unknown.returncode != 0 and "unknown patient(s)" in unknown.stderr
+    assert unknown.stderr.strip().count("\n") == 0, unknown.stderr
+
     out = tmp_path / "preds.csv"
     histomlf(tmp_path, "predict", model_uri, str(idc_sample), "--out", str(out))
     patches = pd.read_csv(out)

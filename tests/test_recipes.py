@@ -52,8 +52,11 @@ def test_train_recipe_returns_what_it_logged_and_gates_the_champion(
         result = train(tiny_config(synthetic, register_as="idc-in-process"))
         client = MlflowClient(store.tracking_uri)
         run = client.get_run(result["run_id"])
-        artifacts = {a.path for folder in ("evaluation", "predictions", "data")
+        artifacts = {a.path for folder in ("evaluation", "predictions", "data", "images")
                      for a in client.list_artifacts(run.info.run_id, folder)}
+        explained = {a.path for folder in ("explain/gradcam", "explain/patients")
+                     for a in client.list_artifacts(run.info.run_id, folder)}
+        index_path = client.download_artifacts(run.info.run_id, "explain/index.json", str(tmp_path))
         version = client.get_model_version_by_alias("idc-in-process", "champion")
 
     metrics = result["metrics"]
@@ -68,3 +71,17 @@ def test_train_recipe_returns_what_it_logged_and_gates_the_champion(
             "predictions/test_predictions.csv", "predictions/val_predictions.csv",
             "predictions/test_patients.csv", "data/split.csv"} <= artifacts
     assert result["gate"].promoted and version.run_id == result["run_id"]
+
+    # explanations (on by default): the index lists exactly what was logged
+    import json
+
+    index = json.loads(Path(index_path).read_text())
+    listed = {e["file"] for e in index["gradcam"]}
+    listed |= {p[key] for p in index["patients"] for key in ("image", "grids")}
+    assert listed and listed == explained
+    assert {e["kind"] for e in index["gradcam"]} <= {"tp", "tn", "fp", "fn"}
+    assert index["layer"] == "block3_relu" and index["threshold"] == metrics["decision_threshold"]
+    image_keys = {p.split("/")[1].split("+")[0] for p in artifacts if p.endswith(".png")
+                  and p.startswith("images/")}
+    assert image_keys == {f"gradcam~{e['kind']}_{e['rank']}" for e in index["gradcam"]}
+    assert run.data.metrics["seconds_explain"] > 0

@@ -21,6 +21,7 @@ from sklearn import metrics as skm
 
 from histomlf.config import TrainConfig
 from histomlf.evaluation.metrics import METRICS
+from histomlf.models.backbones import BACKBONES
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,7 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
             "batch_size": "16",
             "learning_rate": "1e-3",
             "experiment": "smoke",
+            "explain": "true",
         },
         "e2e",
     )
@@ -154,6 +156,19 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
     )
     low, high = metrics["test_roc_auc_ci_low"], metrics["test_roc_auc_ci_high"]
     assert 0.0 <= low <= high <= 1.0
+
+    # Grad-CAM overlays at the backbone table's layer and patient maps, as the index lists
+    index_file = client.download_artifacts(run.info.run_id, "explain/index.json", str(tmp_path))
+    index = json.loads(Path(index_file).read_text())
+    assert index["layer"] == BACKBONES[backbone].explain_layer
+    listed = {e["file"] for e in index["gradcam"]}
+    listed |= {p[key] for p in index["patients"] for key in ("image", "grids")}
+    assert index["gradcam"] and index["patients"] and listed <= artifacts
+    kinds = {e["kind"] for e in index["gradcam"]}
+    assert kinds <= {"tp", "tn", "fp", "fn"}
+    assert {p.split("/")[1].split("+")[0] for p in artifacts if p.startswith("images/")} == {
+        f"gradcam~{e['kind']}_{e['rank']}" for e in index["gradcam"]
+    }
 
 
 def test_cpu_rerun_reproduces_the_metrics(tmp_path: Path, idc_sample: Path) -> None:

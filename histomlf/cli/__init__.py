@@ -12,6 +12,7 @@ from histomlf import __version__
 from histomlf.cli.data import data
 from histomlf.cli.data_s3 import push
 from histomlf.cli.evaluate import cv, evaluate, predict
+from histomlf.cli.explain import explain
 from histomlf.cli.registry import registry
 from histomlf.cli.server import server
 from histomlf.cli.train import train
@@ -29,6 +30,7 @@ main.add_command(train)
 main.add_command(cv)
 main.add_command(evaluate)
 main.add_command(predict)
+main.add_command(explain)
 main.add_command(registry)
 main.add_command(tune)
 main.add_command(server)

@@ -44,6 +44,7 @@ HELP = {
     "test_fraction": "fraction of patients for test",
     "register_as": "register the model under this name and apply the champion gate",
     "packed_cache": "decode PNGs once into a packed uint8 cache (true/false)",
+    "explain": "log Grad-CAM overlays and patient maps of the test split (true/false)",
 }
 
 SKIP = {"experiment"}

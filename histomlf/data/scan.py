@@ -516,3 +516,13 @@ def scan_to_cache(
     manifest_path, quarantine_path = write_scan(result, out_dir)
     result.stats["manifest"], result.stats["quarantine"] = str(manifest_path), str(quarantine_path)
     return result
+
+
+def manifest_for(data: str | Path) -> tuple[Any, str, str]:
+    """Rows to score from a dataset folder (scanned through the cache) or a manifest CSV,
+    with the manifest's digest and the resolved source path."""
+    from histomlf.data.manifest import dataset_digest, read_manifest
+
+    path = Path(data)
+    manifest = read_manifest(path) if path.is_file() else scan_to_cache(path).manifest
+    return manifest, dataset_digest(manifest), str(path.resolve())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +117,14 @@ def write_explanations(
     *,
     patches_per_kind: int = 2,
     patients: int = 4,
+    patient_ids: Sequence[str] | None = None,
     smoothgrad: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write `out_dir/explain/...` (see the module docstring) and return the index.
 
     `predictions` holds one test split: `path, patient_id, x, y, label, probability`.
+    `patient_ids` maps exactly those patients instead of choosing `patients` of them.
     """
     frame = _checked(predictions)
     if not 0.0 <= threshold <= 1.0:
@@ -161,7 +164,17 @@ def write_explanations(
             )
 
     patient_entries = []
-    for chosen in select_patients(frame, threshold, patients).itertuples(index=False):
+    if patient_ids is not None:
+        wanted = [str(p) for p in patient_ids]
+        unknown = sorted(set(wanted) - set(frame["patient_id"].astype(str)))
+        if unknown or not wanted:
+            raise ExplainError(
+                f"unknown patient(s) {', '.join(unknown)}" if unknown else "no patients given"
+            )
+        chosen_patients = pd.DataFrame({"patient_id": wanted, "reason": "requested"})
+    else:
+        chosen_patients = select_patients(frame, threshold, patients)
+    for chosen in chosen_patients.itertuples(index=False):
         rows = frame[frame["patient_id"] == chosen.patient_id]
         png = root / "patients" / f"{chosen.patient_id}.png"
         summary = save_patient_map(rows, threshold, png)

@@ -14,20 +14,18 @@ from typing import Any
 
 import pandas as pd
 
+from histomlf.data.scan import manifest_for
+from histomlf.recipes.explain import explain_run
 from histomlf.tracking import artifacts, runs
-from histomlf.tracking.scoring import load_model, model_threshold, predict_rows, source_run_split
+from histomlf.tracking.scoring import (
+    keras_model_of,
+    load_model,
+    model_threshold,
+    predict_rows,
+    source_run_split,
+)
 
 SPLITS = ("test", "val", "train", "all")
-
-
-def manifest_for(data: str) -> tuple[pd.DataFrame, str, str]:
-    """Rows to score from a dataset folder (scanned) or a manifest CSV; with its digest."""
-    from histomlf.data.manifest import dataset_digest, read_manifest
-    from histomlf.data.scan import scan_to_cache
-
-    path = Path(data)
-    manifest = read_manifest(path) if path.is_file() else scan_to_cache(path).manifest
-    return manifest, dataset_digest(manifest), str(path.resolve())
 
 
 def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) -> pd.DataFrame:
@@ -44,9 +42,15 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
 
 
 def evaluate(
-    model_uri: str, data: str, *, split: str = "test", split_file: Path | None = None
+    model_uri: str,
+    data: str,
+    *,
+    split: str = "test",
+    split_file: Path | None = None,
+    explain: bool = True,
 ) -> dict[str, Any]:
-    """Score `model_uri` on a split (by default the one its training run logged) and log it."""
+    """Score `model_uri` on a split (by default the one its training run logged) and log it,
+    with Grad-CAM overlays and patient maps unless `explain` is off."""
     from histomlf.evaluation.scored import evaluate_splits, score_split
 
     if split not in SPLITS:
@@ -80,6 +84,9 @@ def evaluate(
             {"model_uri": model_uri, "data": source, "split": split, "patches": len(rows)}
         )
         artifacts.log_evaluation(evaluation)
+        if explain:
+            seconds = explain_run(keras_model_of(model), evaluation)
+            artifacts.log_seconds({"explain": seconds})
         return {"run_id": run.info.run_id, "metrics": evaluation.metrics()}
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from histomlf.config import DEMO_EXPERIMENT, TrainConfig
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
+from histomlf.recipes.explain import explain_run
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
@@ -73,6 +74,10 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         artifacts.log_evaluation(
             outcome.evaluation, history=outcome.fit.history, phases=outcome.fit.phases
         )
+        if config.explain:
+            outcome.seconds["explain"] = explain_run(
+                outcome.model, outcome.evaluation, seed=config.seed
+            )
         artifacts.log_seconds(outcome.seconds)
         info = log_patch_classifier(
             outcome.model,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from histomlf.paths import cache_root
+from histomlf.recipes.explain import explain_run
 from histomlf.tracking import artifacts, search
 from histomlf.tracking.probe import probe_tracking
 from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin, end_stale_trial_runs
@@ -211,6 +212,8 @@ def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: Search
     model, source, config = best_model(tuner, best)
     evaluation = evaluate_model(config, data, model)
     artifacts.log_evaluation(evaluation)
+    if config.explain:
+        artifacts.log_seconds({"explain": explain_run(model, evaluation, seed=config.seed)})
     model_uri = search.log_best_model(
         best_run, model, evaluation.threshold, config, settings.log_models, source
     )

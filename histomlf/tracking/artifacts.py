@@ -53,6 +53,25 @@ def log_evaluation(
     )
 
 
+def log_explanations(folder: Any, index: dict[str, Any]) -> None:
+    """Log a written `explain/` folder as artifacts, and each Grad-CAM overlay as an image
+    under a fixed key (`gradcam/<kind>_<rank>`), so the UI lines runs up side by side."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(folder) / "explain"
+    mlflow.log_artifacts(str(root), "explain")
+    for entry in index.get("gradcam", []):
+        with Image.open(Path(folder) / entry["file"]) as image:
+            mlflow.log_image(
+                image.convert("RGB"),
+                key=f"gradcam/{entry['kind']}_{entry['rank']}",
+                step=0,
+                synchronous=True,
+            )
+
+
 def log_data(data: Any) -> None:
     """The manifest as an MLflow dataset, the split, scan statistics, counts and digests."""
     runs.log_dataset(

@@ -47,6 +47,11 @@ def predict_rows(
     return out
 
 
+def keras_model_of(model: Any) -> Any:
+    """The Keras model inside a loaded histomlf pyfunc (for Grad-CAM)."""
+    return model.unwrap_python_model().keras_model
+
+
 def model_threshold(model: Any) -> float:
     """The decision threshold a loaded histomlf pyfunc applies (`label = probability >= it`)."""
     return float(model.unwrap_python_model().threshold)
