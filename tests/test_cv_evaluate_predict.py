@@ -43,6 +43,10 @@ def test_cv_nests_one_run_per_fold_with_mean_and_sd(tmp_path: Path, idc_sample: 
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["histomlf.fold"] for r in children) == ["0", "1", "2"]
+    assert sorted(r.info.run_name for r in children) == [f"fold-{k}-of-3" for k in (1, 2, 3)]
+    assert parent.data.tags["mlflow.note.content"].startswith("**3-fold cross-validation")
+    kind = client.get_experiment(experiment.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
     assert all(r.info.status == "FINISHED" for r in runs)
     aucs = [r.data.metrics["test_roc_auc"] for r in children]
     assert parent.data.metrics["test_roc_auc_mean"] == pytest.approx(np.mean(aucs))

@@ -4,6 +4,7 @@ second run, and a real `mlflow models serve` of `models:/NAME@champion` answers 
 from __future__ import annotations
 
 import base64
+import re
 import time
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def test_main_registers_gates_and_serves(tmp_path: Path, idc_sample: Path) -> No
     for tag in ("model", "data_digest", "split_digest", "gate_metric", "gate_score", "run_id"):
         assert first.tags.get(tag), (tag, first.tags)
     assert first.tags["model"] == "simplecnn"
+    # what a user sees in the UI: a training experiment, a name and a description that say
+    # what ran (mlflow run's random name replaced), the verdict on the registered version
+    run = client.get_run(first.run_id)
+    assert re.fullmatch(r"simplecnn-none-idc-sample-[0-9a-f]{6}", run.info.run_name)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = run.data.tags["mlflow.note.content"]
+    assert "**Data**" in note and "ROC-AUC" in note and "idc-classifier v1" in note
+    assert first.description.startswith("Gate on test roc_auc: champion")
+    assert "ROC-AUC" in first.description
 
     # Same data and split, another training budget: the gate re-scores the champion on the
     # same patient-level test split and its decision must agree with the two logged scores.

@@ -329,8 +329,8 @@ def test_mlflow_restart_during_real_training_keeps_one_metric_per_epoch(
     try:
         run_id = _wait_for(lambda: _new_run(stack, ctx.experiment_id, started_ms), 120,
                            "the training run's row", proc, err_path)
-        _wait_for(lambda: _steps(stack, run_id, "val_loss"), 180, "the first epoch's val_loss",
-                  proc, err_path)
+        _wait_for(lambda: _steps(stack, run_id, "epoch/val_loss"), 180,
+                  "the first epoch's val_loss", proc, err_path)
         restart_began, down_at = time.monotonic(), time.time()
         assert proc.poll() is None, "training finished before the restart: make it longer"
         stack.restart_mlflow()
@@ -345,11 +345,12 @@ def test_mlflow_restart_during_real_training_keeps_one_metric_per_epoch(
     print(f"MLflow restart took {outage:.1f} s; training exit {proc.returncode}")
     assert proc.returncode == 0, out[-2000:] + err[-6000:]
     assert stack.sql(f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == [("FINISHED",)]
-    # One value per epoch (steps 0..epochs-1) plus the final score at step `epochs`.
-    assert _steps(stack, run_id, "val_loss") == list(range(epochs + 1))
-    assert _steps(stack, run_id, "train_loss") == list(range(epochs + 1))
+    # One value per epoch (steps 0..epochs-1); the final scores have keys of their own.
+    assert _steps(stack, run_id, "epoch/val_loss") == list(range(epochs))
+    assert _steps(stack, run_id, "epoch/train_loss") == list(range(epochs))
+    assert _steps(stack, run_id, "val_loss") == [epochs]
     rows = stack.sql(f"SELECT key, step, timestamp FROM metrics WHERE run_uuid = '{run_id}' "
-                     "AND key IN ('val_loss', 'train_loss') ORDER BY timestamp")
+                     "AND key IN ('epoch/val_loss', 'epoch/train_loss') ORDER BY timestamp")
     offsets = [(key, step, round(t / 1000 - down_at, 1)) for key, step, t in rows]
     print(f"epoch metrics, seconds after the restart began ({outage:.1f} s long): {offsets}")
     # Training logged while the server was down (the client's retries carried the write over).

@@ -110,8 +110,9 @@ def test_mlflow_run_train_logs_everything(tmp_path: Path, idc_sample: Path, back
     expected = {f"{s}_{n}" for s in SPLITS for n in NAMES}
     expected |= {f"test_{n}_ci_low" for n in NAMES} | {f"test_{n}_ci_high" for n in NAMES}
     assert expected <= set(metrics), sorted(expected - set(metrics))
-    history = client.get_metric_history(run.info.run_id, "val_loss")
-    assert len(history) >= 2  # one per epoch plus the final restored-model score
+    # per-epoch curves and final scores never share a key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_loss")] == [0]
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
     assert run.data.tags["histomlf.data_digest"] and run.data.tags["histomlf.split_digest"]
     assert run.data.tags.get("mlflow.parentRunId") is None
 
@@ -249,7 +250,9 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, idc_sample: Pa
         while time.monotonic() < deadline and first.poll() is None:
             found = client.search_runs([e.experiment_id for e in client.search_experiments()])
             steps = {
-                m.step for r in found for m in client.get_metric_history(r.info.run_id, "val_loss")
+                m.step
+                for r in found
+                for m in client.get_metric_history(r.info.run_id, "epoch/val_loss")
             }
             if 1 in steps:  # two epochs done and backed up
                 crashed = found[0]
@@ -265,8 +268,8 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, idc_sample: Pa
     assert done.returncode == 0, done.stderr[-4000:]
     resumed = client.get_run(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
     assert resumed.data.tags["histomlf.resumed"] == "true"
-    history = client.get_metric_history(resumed.info.run_id, "val_loss")
-    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]  # 4 epochs + the final score
+    history = client.get_metric_history(resumed.info.run_id, "epoch/val_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # every epoch, backfilled or not
     killed = client.get_run(crashed.info.run_id)
     assert killed.info.status == "KILLED"
     assert killed.data.tags["histomlf.resumed_by"] == resumed.info.run_id

@@ -156,7 +156,11 @@ def assert_search(client: MlflowClient, parent: Any, trials: int, *, tuned: tupl
     assert sum(r.info.status == "FAILED" for r in done) == failed
     for run in done:
         tags = run.data.tags
-        assert run.info.run_name == f"trial-{tags['histomlf.trial_id']}"
+        # the name says which trial and what it tried: `trial-<id> name=value ...`
+        assert run.info.run_name.startswith(f"trial-{tags['histomlf.trial_id']}")
+        shown = run.info.run_name.split(" ")[1:]
+        assert shown and all(item.split("=")[0] in tuned for item in shown), run.info.run_name
+        assert tags["histomlf.hparams"].startswith(" ".join(shown))
         assert tags["histomlf.kind"] == "tune-trial"
         assert tags["histomlf.search_id"] == parent.info.run_id
         assert set(tuned) <= set(run.data.params) and "model" in run.data.params
@@ -165,7 +169,7 @@ def assert_search(client: MlflowClient, parent: Any, trials: int, *, tuned: tupl
             assert "error.txt" in artifact_paths(client, run.info.run_id)
             continue
         assert set(VAL_METRICS) <= set(run.data.metrics), sorted(run.data.metrics)
-        assert client.get_metric_history(run.info.run_id, "train_loss")
+        assert client.get_metric_history(run.info.run_id, "epoch/train_loss")
         artifacts = artifact_paths(client, run.info.run_id)
         assert {"evaluation/val_confusion_matrix.png",
                 "evaluation/val_confusion_matrix.json"} <= artifacts

@@ -15,7 +15,7 @@ import pandas as pd
 from histomlf.config import TrainConfig
 from histomlf.evaluation.metrics import METRIC_NAMES
 from histomlf.paths import cache_root
-from histomlf.tracking import artifacts, runs
+from histomlf.tracking import artifacts, notes, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
 SUMMARY_METRICS = tuple(f"test_{name}" for name in METRIC_NAMES) + tuple(
@@ -59,7 +59,7 @@ def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
         fold_metrics, rows = [], []
         for index, split in enumerate(fold_splits):
             with runs.nested_run(
-                f"fold-{index}",
+                f"fold-{index + 1}-of-{folds}",
                 tags={"histomlf.kind": "cv-fold", "histomlf.fold": str(index)},
                 params={**config.as_params(), "fold": index},
             ) as child:
@@ -87,4 +87,5 @@ def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
         summary = summarise_folds(fold_metrics)
         runs.log_metrics(summary)
         runs.log_table(pd.DataFrame(rows), "cv/folds.json")
+        runs.set_note(notes.cv_note(config, folds, summary))
         return {"run_id": parent.info.run_id, "summary": summary, "folds": rows}

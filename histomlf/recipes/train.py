@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from histomlf.config import DEMO_EXPERIMENT, TrainConfig
+from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.recipes.explain import explain_run
-from histomlf.tracking import artifacts, runs
+from histomlf.tracking import artifacts, notes, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
 DEMO_SUFFIX = "-demo"
@@ -32,6 +33,22 @@ def registered_name(config: TrainConfig, data: Any) -> str:
     if data.data_source == "synthetic" and not name.endswith(DEMO_SUFFIX):
         name += DEMO_SUFFIX
     return name
+
+
+def train_run_name(config: TrainConfig) -> str:
+    """`<model>-<weights>-<data source>-<config digest>`: what ran, stable and short."""
+    weights = config.weights if config.weights in ("imagenet", "none") else "file"
+    data_dir = config.data_dir or os.environ.get(DATA_DIR_ENV, "")
+    if not data_dir:
+        source = "synthetic"
+    elif data_dir.startswith("s3://"):
+        source = "s3-" + data_dir[5:].split("/")[0]
+    else:
+        source = Path(data_dir).expanduser().resolve().name or "data"
+    digest = hashlib.sha256(
+        json.dumps(config.as_params(), sort_keys=True, default=str).encode()
+    ).hexdigest()[:6]
+    return f"{config.model}-{weights}-{source}-{digest}"
 
 
 def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
@@ -57,7 +74,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, train_and_score
 
-    with runs.active_run(run_name=run_name or f"{config.model}-{config.experiment}") as run:
+    with runs.active_run(run_name=run_name or train_run_name(config)) as run:
         run_id = run.info.run_id
         runs.log_config(config)
         runs.log_environment()
@@ -97,6 +114,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         }
         if config.register_as:
             result["gate"] = register(config, outcome.evaluation, data, info.model_uri, run_id)
+        runs.set_note(notes.train_note(config, data, result["metrics"], result.get("gate")))
         return result
 
 
@@ -134,4 +152,5 @@ def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, ru
             **{k: str(v) for k, v in git_state().items()},
         },
         score_champion=score_champion,
+        metrics=evaluation.metrics(),
     )

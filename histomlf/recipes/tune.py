@@ -22,7 +22,7 @@ from typing import Any
 
 from histomlf.paths import cache_root
 from histomlf.recipes.explain import explain_run
-from histomlf.tracking import artifacts, search
+from histomlf.tracking import artifacts, notes, runs, search
 from histomlf.tracking.probe import probe_tracking
 from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin, end_stale_trial_runs
 from histomlf.tuning import distributed
@@ -231,6 +231,7 @@ def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: Search
         result["gate"] = register(
             config, evaluation, data, model_uri, search_run.parent_run_id
         )
+    runs.set_note(notes.search_note(spec, result, data, result.get("gate")))
     return result
 
 

@@ -7,14 +7,24 @@ import time
 import keras
 import mlflow
 
+EPOCH_PREFIX = "epoch/"
+
 
 def metric_key(keras_key: str) -> str:
-    """Keras history key -> histomlf metric key: `loss` -> `train_loss`, `val_loss` stays."""
-    return keras_key if keras_key.startswith("val_") else f"train_{keras_key}"
+    """Keras history key -> the per-epoch MLflow key: `loss` -> `epoch/train_loss`,
+    `val_roc_auc` -> `epoch/val_roc_auc`, `learning_rate` -> `epoch/learning_rate`.
+
+    Per-epoch curves live in their own `epoch/` section of the MLflow charts, so no key mixes
+    Keras' per-epoch values with the final `train_*` / `val_*` / `test_*` scores computed at
+    the decision threshold after the fit.
+    """
+    if keras_key.startswith("val_") or keras_key == "learning_rate":
+        return EPOCH_PREFIX + keras_key
+    return f"{EPOCH_PREFIX}train_{keras_key}"
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs `train_*` / `val_*` per epoch at step = epoch (continuing across phases).
+    """Logs `epoch/train_*` / `epoch/val_*` per epoch at step = epoch (across phases).
 
     `step_offset` keeps steps from colliding when several fits log to one run
     (e.g. executions of one tuning trial).
@@ -27,9 +37,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.logged_steps: set[int] = set()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        values = {metric_key(k): float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        if logs and "learning_rate" in logs:
-            values["learning_rate"] = float(logs["learning_rate"])
+        values = {metric_key(k): float(v) for k, v in (logs or {}).items()}
         if not values:
             return
         step = epoch + self.step_offset

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from histomlf.evaluation.metrics import UnknownMetricError, metric_named
+from histomlf.tracking.notes import version_description
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -92,8 +93,12 @@ def register_and_gate(
     digests: Mapping[str, str],
     tags: Mapping[str, str],
     score_champion: Callable[[str], float],
+    metrics: Mapping[str, float] | None = None,
 ) -> GateDecision:
     """Register `model_uri` as a new version of `name` and decide `champion` vs `challenger`.
+
+    The version's description states the verdict and, from `metrics`, the headline test
+    metrics with their intervals.
 
     `score_champion(model_uri)` re-scores the current champion on the new model's split; it is
     only called when both digests match. A champion that cannot be re-scored, a NaN score or
@@ -130,6 +135,11 @@ def register_and_gate(
         gate_tags["gate_champion_score"] = repr(decision.champion_score)
     for key, value in gate_tags.items():
         client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name,
+        version,
+        description=version_description(gate_metric, decision.alias, decision.reason, metrics),
+    )
     if decision.promoted:
         promote(name, version, by="gate", reason=decision.reason)
     else:

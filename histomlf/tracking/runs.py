@@ -24,6 +24,48 @@ from histomlf.environment import environment_facts, pip_freeze
 from histomlf.tracking.probe import probe_tracking
 
 DEFAULT_EXPERIMENT_NAME = "histomlf"
+# MLflow 3's UI picks an experiment's layout from this tag; untagged, it opened on the GenAI
+# overview (traces, tokens) instead of the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
+
+
+def ensure_experiment_kind(experiment_id: str) -> None:
+    """Tag the experiment as model development unless its kind is already set (a user's
+    choice is never overwritten)."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+
+
+def is_generated_name(name: str | None) -> bool:
+    """Whether `name` is one MLflow made up (`brave-fox-123`), not one a user chose."""
+    from mlflow.utils import name_utils
+
+    parts = (name or "").split("-")
+    if len(parts) != 3 or not parts[2].isdigit():
+        return False
+    return (
+        parts[0] in {p.lower() for p in name_utils._GENERATOR_PREDICATES}
+        and parts[1] in {n.lower() for n in name_utils._GENERATOR_NOUNS}
+    )
+
+
+def name_run(run_id: str, name: str) -> None:
+    """Give the run `name` unless a user already named it (`mlflow run --run-name`)."""
+    client = MlflowClient()
+    current = client.get_run(run_id).info.run_name
+    if not current or is_generated_name(current):
+        client.update_run(run_id, name=name)
+
+
+def set_note(markdown: str, run_id: str | None = None) -> None:
+    """The run's description (its Overview in the MLflow UI), in Markdown."""
+    if run_id is None:
+        mlflow.set_tag(NOTE_TAG, markdown)
+    else:
+        MlflowClient().set_tag(run_id, NOTE_TAG, markdown)
 
 
 @contextlib.contextmanager
@@ -31,6 +73,9 @@ def active_run(
     run_name: str | None = None, tags: Mapping[str, str] | None = None
 ) -> Iterator[mlflow.ActiveRun]:
     """Attach to the run `mlflow run` opened, or open one; system metrics are sampled.
+
+    The run gets `run_name` unless a user named it (`mlflow run` opens runs with a random
+    name, which is replaced), and its experiment is tagged as a training experiment.
 
     A remote tracking server is probed first (short timeouts, no long retries), and once the
     run is open an artifact write is probed too, so an unreachable server, a wrong login or
@@ -45,6 +90,9 @@ def active_run(
         log_system_metrics=True,
     ) as run:
         probe_tracking(run_id=run.info.run_id)
+        ensure_experiment_kind(run.info.experiment_id)
+        if run_name:
+            name_run(run.info.run_id, run_name)
         yield run
 
 

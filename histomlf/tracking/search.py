@@ -72,7 +72,6 @@ def open_parent(name: str, resume: str) -> Iterator[tuple[Any, bool]]:
     """The parent run, active: a new one (or the one `mlflow run` opened), or the resumed one."""
     if not resume:
         with runs.active_run(run_name=name, tags={"histomlf.kind": KIND_PARENT}) as run:
-            MlflowClient().update_run(run.info.run_id, name=name)
             mlflow.set_tag(SEARCH_ID_TAG, run.info.run_id)
             yield run, False
         return

@@ -62,6 +62,19 @@ def error_line(message: str | None) -> str:
     return (lines[-1] if lines else "trial failed")[:ERROR_TAG_CHARS]
 
 
+NAMED_HYPERPARAMETERS = 3
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_run_name(trial_id: str, values: dict[str, Any], tuned: list[str]) -> str:
+    """`trial-<n> name=value ...` for the first few tuned hyperparameters the trial has."""
+    shown = [f"{name}={_short(values[name])}" for name in tuned if name in values]
+    return " ".join([f"trial-{trial_id}", *shown[:NAMED_HYPERPARAMETERS]])
+
+
 class TrialTrackingMixin:
     """Tracks each trial in its own nested run; needs `search_run=SearchRun(...)`."""
 
@@ -94,6 +107,9 @@ class TrialTrackingMixin:
             "histomlf.host": socket.gethostname(),
             "histomlf.attempt": str(len(previous) + 1),
             "histomlf.tuned": ",".join(self.hypermodel.space.names),
+            "histomlf.hparams": " ".join(
+                f"{k}={_short(values[k])}" for k in self.hypermodel.space.names if k in values
+            ),
             **{f"histomlf.hyperband.{name}": str(values[key])
                for key, name in HYPERBAND_KEYS.items() if key in values},
         }  # fmt: skip
@@ -101,7 +117,7 @@ class TrialTrackingMixin:
             tags["histomlf.retry_of"] = previous[-1].info.run_id
         run = mlflow.start_run(
             experiment_id=self.search_run.experiment_id,
-            run_name=f"trial-{trial.trial_id}",
+            run_name=trial_run_name(trial.trial_id, values, list(self.hypermodel.space.names)),
             nested=True,
             parent_run_id=self.search_run.parent_run_id,
             tags=tags,

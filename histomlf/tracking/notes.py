@@ -1,0 +1,154 @@
+"""Run descriptions (the MLflow UI's Overview, `mlflow.note.content`) that say what ran.
+
+Pure formatting: each function turns what a recipe produced into a few Markdown lines — the
+data, the recipe in one line, the headline test metrics with their 95 % patient-bootstrap
+intervals and the threshold, the registry's decision, and where the plots and predictions are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+HEADLINE = (
+    ("roc_auc", "ROC-AUC"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("f1", "F1"),
+    ("recall", "sensitivity"),
+    ("specificity", "specificity"),
+)
+
+
+def _number(value: Any) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
+def metric_with_interval(metrics: Mapping[str, float], key: str) -> str:
+    """`0.912 (95 % CI 0.870–0.944)`, or the value alone when no interval was logged."""
+    value = _number(metrics.get(key))
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if low is None or high is None:
+        return value
+    return f"{value} (95 % CI {_number(low)}–{_number(high)})"
+
+
+def headline_line(metrics: Mapping[str, float], split: str = "test") -> str:
+    parts = [f"{label} {metric_with_interval(metrics, f'{split}_{name}')}"
+             for name, label in HEADLINE]
+    patient = metrics.get(f"{split}_patient_roc_auc")
+    if patient is not None:
+        parts.append(f"per-patient ROC-AUC {_number(patient)}")
+    return "; ".join(parts)
+
+
+def data_line(data: Any) -> str:
+    counts = ", ".join(
+        f"{name} {rows['patient_id'].nunique()} patients / {len(rows):,} patches "
+        f"({int(rows['label'].sum()):,} IDC)"
+        for name, rows in data.rows.items()
+    )
+    return (f"**Data** ({data.data_source}, `{data.data_dir}`): digest `{data.data_digest[:12]}`, "
+            f"patient split `{data.split_digest[:12]}` — {counts}.")
+
+
+def recipe_line(config: Any) -> str:
+    phases = f"{config.epochs} epochs"
+    if config.fine_tune_epochs:
+        phases += f" + {config.fine_tune_epochs} fine-tuning"
+    return (f"**Recipe**: {config.model} (weights {config.weights}, {config.image_size} px), "
+            f"{phases}, {config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}), "
+            f"batch {config.batch_size}, augment {config.augment}, balance {config.balance}, "
+            f"threshold {config.threshold_policy} on val; experiment `{config.experiment}`.")
+
+
+def gate_line(gate: Any) -> str:
+    if gate is None:
+        return "**Registry**: not registered (pass `register_as` to register and gate it)."
+    return (f"**Registry**: {gate.name} v{gate.version} → `{gate.alias}` — {gate.reason} "
+            f"({gate.gate_metric} {_number(gate.new_score)}).")
+
+
+WHERE = ("**Artifacts**: plots in `evaluation/`, per-patch and per-patient predictions in "
+         "`predictions/`, Grad-CAM overlays and patient maps in `explain/` (when on), the data "
+         "split in `data/`, the resolved config in `config/`, the served model in `model/`.")
+
+SYNTHETIC = ("> **Synthetic data**: generated patches whose classes differ by texture; these "
+             "scores say nothing about real tissue.")
+
+
+def train_note(config: Any, data: Any, metrics: Mapping[str, float], gate: Any = None) -> str:
+    """The description of a train run (or of a search's winner on its parent)."""
+    lines = []
+    if data.data_source == "synthetic":
+        lines += [SYNTHETIC, ""]
+    lines += [
+        data_line(data),
+        "",
+        recipe_line(config),
+        "",
+        f"**Test split, patient-level** (threshold {_number(metrics.get('decision_threshold'))}):"
+        f" {headline_line(metrics)}.",
+        "",
+        gate_line(gate),
+        "",
+        WHERE,
+    ]
+    return "\n".join(lines)
+
+
+def cv_note(config: Any, folds: int, summary: Mapping[str, float]) -> str:
+    """The description of a cross-validation parent: mean ± sd over folds."""
+    parts = []
+    for name, label in HEADLINE:
+        mean, sd = summary.get(f"test_{name}_mean"), summary.get(f"test_{name}_sd")
+        if mean is not None:
+            parts.append(f"{label} {_number(mean)} ± {_number(sd)}")
+    return "\n".join([
+        f"**{folds}-fold cross-validation by patient**: every patient is tested once; one "
+        "child run per fold (`fold-k-of-K`).",
+        "",
+        recipe_line(config),
+        "",
+        f"**Test folds, mean ± sd**: {'; '.join(parts)}.",
+        "",
+        "**Artifacts**: the per-fold table in `cv/folds.json`; each fold's plots, predictions "
+        "and split in its own run.",
+    ])
+
+
+def search_note(spec: Any, result: Mapping[str, Any], data: Any, gate: Any = None) -> str:
+    """The description of a search's parent run: trials, the winner and its test scores."""
+    trials = result["trials"]
+    return "\n".join([
+        f"**Keras Tuner search** ({spec.settings.tuner}, objective {spec.settings.objective}): "
+        f"{trials.get('trials_completed', 0)} trials completed, "
+        f"{trials.get('trials_failed', 0)} failed; one child run per trial.",
+        "",
+        f"**Winner**: trial {result['best_trial_id']} ({spec.settings.objective} "
+        f"{_number(result['best_score'])}), scored once on the test split.",
+        "",
+        data_line(data),
+        "",
+        f"**Winner on test, patient-level** (threshold "
+        f"{_number(result['metrics'].get('decision_threshold'))}): "
+        f"{headline_line(result['metrics'])}.",
+        "",
+        gate_line(gate),
+        "",
+        "**Artifacts**: the leaderboard in `search/`, the winner's plots in `evaluation/`, "
+        "predictions in `predictions/`, explanations in `explain/` (when on).",
+    ])
+
+
+def version_description(gate_metric: str, decision: str, reason: str,
+                        metrics: Mapping[str, float] | None) -> str:
+    """The registered version's description: the gate's verdict and the headline metrics."""
+    text = f"Gate on test {gate_metric}: {decision} — {reason}."
+    if metrics:
+        text += f"\n\nTest, patient-level split: {headline_line(metrics)}."
+    return text
