@@ -12,13 +12,15 @@ Registered for every test module from conftest.py (`pytest_plugins`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,32 +68,49 @@ class Chromium:
     driver: Path
 
 
-def _restore(saved: Mapping[str, str | None]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+@contextlib.contextmanager
+def tracking_env(**values: str) -> Iterator[None]:
+    """Set MLflow/histomlf environment variables for a block (MLFLOW_RUN_ID cleared), then
+    restore them and MLflow's process-wide state (tracking URI, active experiment)."""
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    saved = {key: os.environ.get(key) for key in {*_ENV_KEYS, *values}}
+    saved_experiment = fluent._active_experiment_id  # set_experiment() keeps it process-wide
+    try:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        os.environ.update(values)
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        fluent._active_experiment_id = saved_experiment
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-def _invoke(verb: str, args: Sequence[str], data_dir: Path) -> None:
+def invoke_cli(*args: str, expect_exit: int = 0) -> Any:
+    """`histomlf ARGS` in-process (click's CliRunner); fails with its output and traceback
+    unless it exits with `expect_exit`. Returns click's `Result`."""
     from click.testing import CliRunner
 
     from histomlf.cli import main
 
-    result = CliRunner().invoke(main, [verb, *args, "--data-dir", str(data_dir)])
-    if result.exit_code != 0:
+    result = CliRunner().invoke(main, list(args))
+    if result.exit_code != expect_exit:
         detail = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
         raise RuntimeError(
-            f"histomlf {verb} {' '.join(args)} exited {result.exit_code}:\n"
+            f"histomlf {' '.join(args)} exited {result.exit_code}:\n"
             f"{result.output[-4000:]}\n{detail[-4000:]}"
         )
+    return result
 
 
 def build_study(root: Path, data_dir: Path) -> StudyStore:
     """Run the four CLI commands against a fresh sqlite store under `root`."""
-    import mlflow
-    import mlflow.tracking.fluent as fluent
     from mlflow.tracking import MlflowClient
 
     root.mkdir(parents=True, exist_ok=True)
@@ -100,26 +119,17 @@ def build_study(root: Path, data_dir: Path) -> StudyStore:
     experiment_id = client.create_experiment(
         STUDY_EXPERIMENT, artifact_location=(root / "artifacts").as_uri()
     )
-    saved = {key: os.environ.get(key) for key in _ENV_KEYS}
-    saved_experiment = fluent._active_experiment_id  # set_experiment() keeps it process-wide
     started = time.monotonic()
-    try:
-        os.environ.update(
-            MLFLOW_TRACKING_URI=uri,
-            MLFLOW_EXPERIMENT_NAME=STUDY_EXPERIMENT,
-            MLFLOW_EXPERIMENT_ID=experiment_id,
-            HISTOMLF_CACHE=str(root / "cache"),
-            HISTOMLF_TUNER_DIR=str(root / "tuner"),
-        )
-        os.environ.pop("MLFLOW_RUN_ID", None)
+    with tracking_env(
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_EXPERIMENT_NAME=STUDY_EXPERIMENT,
+        MLFLOW_EXPERIMENT_ID=experiment_id,
+        HISTOMLF_CACHE=str(root / "cache"),
+        HISTOMLF_TUNER_DIR=str(root / "tuner"),
+    ):
         for verb, args in (("train", SIMPLECNN_ARGS), ("train", MOBILENET_ARGS),
                            ("tune", TUNE_ARGS), ("cv", CV_ARGS)):
-            _invoke(verb, args, data_dir)
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        fluent._active_experiment_id = saved_experiment
-        _restore(saved)
+            invoke_cli(verb, *args, "--data-dir", str(data_dir))
     seconds = time.monotonic() - started
 
     runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])

@@ -13,6 +13,7 @@ from histomlf.cli.data import data
 from histomlf.cli.data_s3 import push
 from histomlf.cli.evaluate import cv, evaluate, predict
 from histomlf.cli.registry import registry
+from histomlf.cli.report import report
 from histomlf.cli.server import server
 from histomlf.cli.train import train
 from histomlf.cli.tune import tune
@@ -32,4 +33,5 @@ main.add_command(predict)
 main.add_command(registry)
 main.add_command(tune)
 main.add_command(server)
+main.add_command(report)
 data.add_command(push)
