@@ -6,6 +6,7 @@ Pure: a `Study` in, a dict out. Numbers are the logged ones; text is written fro
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -351,6 +352,21 @@ def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
 
 
 # ---- explanations -------------------------------------------------------------------------
+GRADCAM_NAME = re.compile(r"(?P<kind>[a-z]+)_(?P<rank>\d+)_(?P<pid>[^_]+)_x(?P<x>\d+)_y(?P<y>\d+)")
+
+
+def explain_caption(path: str) -> str:
+    """`explain/gradcam/tp_1_8863_x1_y51.png` -> `Grad-CAM TP #1: patient 8863, patch (1, 51)`."""
+    name = path.rsplit("/", 1)[-1].removesuffix(".png")
+    if path.startswith("explain/patients/"):
+        return f"Patient map: patient {name}"
+    match = GRADCAM_NAME.fullmatch(name)
+    if path.startswith("explain/gradcam/") and match:
+        return (f"Grad-CAM {match['kind'].upper()} #{match['rank']}: patient {match['pid']}, "
+                f"patch ({match['x']}, {match['y']})")
+    return path.removeprefix("explain/")
+
+
 def explanations(study: Study) -> list[dict[str, Any]]:
     """Grad-CAM panels and patient maps of runs that logged `explain/index.json`."""
     out = []
@@ -358,7 +374,7 @@ def explanations(study: Study) -> list[dict[str, Any]]:
         if "explain/index.json" not in run.documents:
             continue
         images = [
-            {"path": path, "caption": path.removeprefix("explain/"),
+            {"path": path, "caption": explain_caption(path),
              "uri": figures.png_data_uri(png)}
             for path, png in sorted(run.images.items())
             if path.startswith("explain/")
