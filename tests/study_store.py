@@ -7,14 +7,15 @@ the real IDC sample. Tests that need "an experiment with a bit of everything in 
 report, the web page, the UI checks) read from it instead of training anew. Treat it as
 read-only: a test that needs to add runs puts them in an experiment of its own.
 
-Registered for every test module from conftest.py (`pytest_plugins`).
+Registered for every test module from conftest.py (`pytest_plugins`). `invoke_cli` and
+`tracking_env` are reusable: run `histomlf ...` in-process against a store, then restore the
+environment and MLflow's process-wide state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 # The CLI verbs that build the study, at smoke budgets (`experiments/smoke.yaml`,
-# `experiments/tune_smoke.yaml`): role -> arguments after the verb.
+# `experiments/tune_smoke.yaml`): the arguments after each verb.
 SIMPLECNN_ARGS = ("--experiment", "smoke")
 # A keras.applications backbone, random weights (no download), smallest budget that trains.
 MOBILENET_ARGS = ("--experiment", "smoke", "--model", "mobilenetv2", "--weights", "none",
@@ -163,7 +164,7 @@ def study_store(tmp_path_factory: pytest.TempPathFactory, idc_sample: Path) -> S
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Chromium]:
     """Debian's `chromium` and `chromedriver`; missing is a failure (`.ci/run` installs them)."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not (p.is_file() or shutil.which(p))]
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(
             f"headless Chromium is missing ({', '.join(missing)}): "
