@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures shared by end-to-end tests: the small tracked study, headless Chromium.
+pytest_plugins = ["study_store"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = Path(os.environ.get("HISTOMLF_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "idc-sample"))
 

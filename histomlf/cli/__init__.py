@@ -14,6 +14,7 @@ from histomlf.cli.data_s3 import push
 from histomlf.cli.evaluate import cv, evaluate, predict
 from histomlf.cli.explain import explain
 from histomlf.cli.registry import registry
+from histomlf.cli.report import report
 from histomlf.cli.server import server
 from histomlf.cli.train import train
 from histomlf.cli.tune import tune
@@ -34,4 +35,5 @@ main.add_command(explain)
 main.add_command(registry)
 main.add_command(tune)
 main.add_command(server)
+main.add_command(report)
 data.add_command(push)
