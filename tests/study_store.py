@@ -31,7 +31,8 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 # The CLI verbs that build the study, at smoke budgets (`experiments/smoke.yaml`,
 # `experiments/tune_smoke.yaml`): the arguments after each verb.
-SIMPLECNN_ARGS = ("--experiment", "smoke")
+# Explanations on and registered: the report shows Grad-CAM panels, the UI a champion.
+SIMPLECNN_ARGS = ("--experiment", "smoke", "--explain", "true", "--register-as", "idc-study")
 # A keras.applications backbone, random weights (no download), smallest budget that trains.
 MOBILENET_ARGS = ("--experiment", "smoke", "--model", "mobilenetv2", "--weights", "none",
                   "--image-size", "32", "--max-samples", "192")

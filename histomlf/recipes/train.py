@@ -78,6 +78,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         run_id = run.info.run_id
         runs.log_config(config)
         runs.log_environment()
+        runs.set_tags({"histomlf.kind": "train"})
         if config.experiment == DEMO_EXPERIMENT:
             runs.set_tags({"histomlf.demo": "true"})
         data = prepare_data(config)

@@ -1,0 +1,47 @@
+"""A headless Chromium driven by Selenium, with the system chromedriver (no driver download)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+WINDOW = (1500, 1000)
+
+
+@contextlib.contextmanager
+def headless_chrome(browser: Path, driver: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(browser)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-dev-shm-usage",
+                 f"--window-size={WINDOW[0]},{WINDOW[1]}"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service(str(driver)), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, page: Any = None) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` (and the page text)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            value = check()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            text = page.find_element("tag name", "body").text[:1500] if page is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {text}")
+        time.sleep(0.5)
+
+
+def body_text(page: Any) -> str:
+    return page.find_element("tag name", "body").text
