@@ -23,6 +23,8 @@ from browser import body_text, headless_chrome, wait_until
 from helpers_mlflow import free_port
 from mlflow.tracking import MlflowClient
 
+from histomlf.tracking.runs import experiment_link
+
 pytestmark = pytest.mark.slow
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -76,8 +78,10 @@ def test_a_user_finds_runs_comparisons_plots_and_the_champion(
     experiment = study_store.experiment_id
 
     with headless_chrome(chromium.browser, chromium.driver) as page:
-        # the experiment opens on its training runs (not the GenAI overview), names visible
-        page.get(f"{mlflow_ui}/#/experiments/{experiment}")
+        # the link histomlf prints opens the experiment on its training runs (MLflow 3.17's
+        # UI picks GenAI or model-training navigation from `workflowType`, GenAI by default),
+        # every top-level run's name visible
+        page.get(f"{mlflow_ui}/{experiment_link(experiment)}")
         for run in runs:
             wait_until(lambda run=run: run.info.run_name in body_text(page), LOAD_S,
                        f"run {run.info.run_name} in the runs table", page)

@@ -48,7 +48,8 @@ def print_summary(result: dict) -> None:
             "patches whose classes differ by texture. The scores say nothing about real tissue."
         )
     click.echo("\nNext:")
-    click.echo("  1. compare runs:   mlflow ui   (then open http://127.0.0.1:5000)")
+    ui_path = result.get("ui_path", "")
+    click.echo(f"  1. compare runs:   mlflow ui   (then open http://127.0.0.1:5000/{ui_path})")
     if gate is not None:
         click.echo(
             f"  2. serve it:       mlflow models serve -m models:/{gate.name}@champion "

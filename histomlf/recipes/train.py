@@ -112,6 +112,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
             "metrics": outcome.metrics(),
             "data_source": data.data_source,
             "experiment": config.experiment,
+            "ui_path": runs.experiment_link(run.info.experiment_id),
         }
         if config.register_as:
             result["gate"] = register(config, outcome.evaluation, data, info.model_uri, run_id)

@@ -31,6 +31,16 @@ TRAINING_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
 
 
+def experiment_link(experiment_id: str) -> str:
+    """The UI path that opens an experiment on its runs table.
+
+    MLflow 3.17's UI derives an experiment's layout from a global GenAI / model-training
+    switch (`workflowType`, GenAI unless chosen; kept in the browser), not from the
+    experiment's kind tag, so the link names the model-training workflow itself.
+    """
+    return f"#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def ensure_experiment_kind(experiment_id: str) -> None:
     """Tag the experiment as model development unless its kind is already set (a user's
     choice is never overwritten)."""
