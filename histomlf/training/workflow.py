@@ -177,11 +177,17 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
 def predict_probabilities(
     model: Any, rows: pd.DataFrame, data: PreparedData, batch_size: int
 ) -> np.ndarray:
-    """IDC probabilities for `rows` in row order, streamed through the eval pipeline."""
-    from histomlf.data.pipeline import make_dataset
+    """IDC probabilities for `rows` in row order, streamed through the eval pipeline.
 
+    `model` is a Keras model or a `CompiledPredictor`; pass the latter to score several splits
+    with the same traced graphs (a Keras model is wrapped anew on every call).
+    """
+    from histomlf.data.pipeline import make_dataset
+    from histomlf.models.inference import as_predictor
+
+    predictor = as_predictor(model, batch_size)
     dataset = make_dataset(rows, batch_size=batch_size, training=False, packed=data.packed)
-    chunks = [np.asarray(model(images, training=False)).reshape(-1) for images, _ in dataset]
+    chunks = [predictor(images) for images, _ in dataset]
     probabilities = np.concatenate(chunks) if chunks else np.zeros(0)
     if len(probabilities) != len(rows):
         raise RuntimeError(
@@ -250,7 +256,9 @@ def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> dict[
     from histomlf.evaluation.bootstrap import patient_bootstrap_ci
     from histomlf.evaluation.metrics import patient_summary, per_patient_metrics
     from histomlf.evaluation.threshold import choose_threshold
+    from histomlf.models.inference import as_predictor
 
+    model = as_predictor(model, config.batch_size)  # traced once for all four splits
     val_probabilities = predict_probabilities(model, data.rows["val"], data, config.batch_size)
     threshold = float(
         choose_threshold(
