@@ -9,6 +9,7 @@ error before any data is read.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -60,6 +61,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     register_as: str = ""
     packed_cache: bool = True
+    devices: str = "cpu"
     experiment: str = DEFAULT_EXPERIMENT
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -68,6 +70,8 @@ class TrainConfig:
         _check_choice("balance", self.balance, BALANCE_CHOICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
+        if not re.fullmatch(r"cpu|all|[1-9][0-9]*", self.devices):
+            raise ConfigError(f"devices must be cpu, all or a positive count; got {self.devices!r}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -42,6 +42,7 @@ HELP = {
     "test_fraction": "fraction of patients for test",
     "register_as": "register the model under this name and apply the champion gate",
     "packed_cache": "decode PNGs once into a packed uint8 cache (true/false)",
+    "devices": "cpu | all (every GPU) | N (N GPUs, or N logical CPU devices without GPU)",
 }
 
 SKIP = {"experiment", "extra"}

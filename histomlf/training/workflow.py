@@ -8,6 +8,7 @@ the validation and test splits. Everything a tracker needs comes back in `TrainO
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -132,7 +133,9 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
     from histomlf.data.manifest import dataset_digest
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import apply_split, make_patient_split, split_digest
+    from histomlf.training.devices import training_strategy
 
+    training_strategy(config.devices)  # before building the packed cache runs TensorFlow's first op
     data_dir, source = resolve_data_dir(config)
     scan = scan_to_cache(data_dir)
     manifest = scan.manifest
@@ -209,9 +212,14 @@ def score_split(
 def build_and_fit(
     config: TrainConfig, data: PreparedData, *, work_dir: Path, callbacks: Sequence[Any] = ()
 ):
-    """Create the backbone and run the two-phase fit; returns (model, FitResult)."""
+    """Create the backbone and run the two-phase fit; returns (model, FitResult).
+
+    Under `devices` other than one device, the model is built, compiled and fitted inside the
+    `tf.distribute` strategy's scope; Keras splits each global batch across the replicas.
+    """
     from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
     from histomlf.models import create_model
+    from histomlf.training.devices import training_strategy
     from histomlf.training.fit import fit
 
     train_rows, val_rows = data.rows["train"], data.rows["val"]
@@ -231,23 +239,25 @@ def build_and_fit(
     weights = (
         class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
     )
-    model = create_model(
-        config.model,
-        weights=config.weights,
-        image_size=config.image_size,
-        dropout=config.dropout,
-        dense_units=config.dense_units,
-    )
-    result = fit(
-        model,
-        config,
-        train_ds,
-        val_ds,
-        steps_per_epoch=steps_per_epoch(train_rows, config.batch_size, config.balance),
-        class_weight=weights,
-        callbacks=list(callbacks),
-        work_dir=work_dir,
-    )
+    strategy = training_strategy(config.devices)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = create_model(
+            config.model,
+            weights=config.weights,
+            image_size=config.image_size,
+            dropout=config.dropout,
+            dense_units=config.dense_units,
+        )
+        result = fit(
+            model,
+            config,
+            train_ds,
+            val_ds,
+            steps_per_epoch=steps_per_epoch(train_rows, config.batch_size, config.balance),
+            class_weight=weights,
+            callbacks=list(callbacks),
+            work_dir=work_dir,
+        )
     return model, result
 
 
@@ -296,8 +306,10 @@ def train(
     data: PreparedData | None = None,
 ) -> TrainOutcome:
     """Run the whole recipe and return what it produced; logs nothing."""
+    from histomlf.training.devices import training_strategy
     from histomlf.training.fit import make_deterministic
 
+    training_strategy(config.devices)  # first: splitting the CPU must precede any TF op
     make_deterministic(config.seed)
     started = time.perf_counter()
     data = data or prepare_data(config)
