@@ -27,7 +27,8 @@ from histomlf.training.devices import replicas, training_strategy
 from histomlf.training.workflow import prepare_data, train
 
 tf.config.list_physical_devices()
-sample, work, max_samples, epochs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+sample, work = sys.argv[1], Path(sys.argv[2])
+max_samples, epochs = int(sys.argv[3]), int(sys.argv[4])
 base = TrainConfig(data_dir=sample, max_samples=max_samples, epochs=epochs, batch_size=64,
                    early_stopping_patience=0, seed=42)
 data = prepare_data(base.replace(devices="2"))  # as `histomlf train --devices 2` does
