@@ -11,7 +11,9 @@ rest of its batch in inference mode, so the cut-back result equals the eager cal
 rounding, < 1e-6).
 
 Used wherever a model scores patches: the served pyfunc (`histomlf.tracking.pyfunc`), the
-end-of-run evaluation and tuning trials' validation (`histomlf.training.workflow`).
+end-of-run evaluation and tuning trials' validation (`histomlf.training.workflow`). It needs
+TensorFlow, so `histomlf.models/__init__` does not import it: the GPU check builds the models
+on Keras-on-JAX without TensorFlow.
 """
 
 from __future__ import annotations
