@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from histomlf.config import ConfigError, TrainConfig
-from histomlf.training.devices import DevicesError, parse_devices
+from histomlf.training.devices import DevicesError, check_replica_batches, parse_devices
+from histomlf.tuning.settings import SearchSettings
+from histomlf.tuning.tuners import create_tuner
 
 # A fresh process: the CPU can only be split into logical devices before TensorFlow's first op.
 # It lists the physical devices first, as the tracked run's environment logging does.
@@ -67,6 +69,20 @@ def test_bad_devices_is_one_line_naming_key_value_and_forms(value: str) -> None:
     assert repr(value) in message
     with pytest.raises(DevicesError, match="devices must be"):
         parse_devices(value)
+
+
+def test_batches_must_split_evenly_over_replicas() -> None:
+    check_replica_batches(64, {"train": 420, "val": 64}, 2)
+    check_replica_batches(63, {"train": 10, "val": 1}, 1)  # one device: anything goes
+    with pytest.raises(DevicesError, match="batch_size 63 must be a multiple of the 2 replicas"):
+        check_replica_batches(63, {"train": 420, "val": 90}, 2)
+    with pytest.raises(DevicesError, match="the val split has 23 patches, fewer than one batch"):
+        check_replica_batches(32, {"train": 420, "val": 23}, 2)
+
+
+def test_tuning_refuses_devices_instead_of_ignoring_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="devices=2 applies to train and cv"):
+        create_tuner(None, SearchSettings(), TrainConfig(devices="2"), tmp_path)
 
 
 @pytest.mark.slow

@@ -57,6 +57,28 @@ def replicas(strategy: Any | None) -> int:
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
+def check_replica_batches(batch_size: int, split_rows: dict[str, int], count: int) -> None:
+    """Refuse batches that cannot split evenly over `count` replicas, in one line.
+
+    Keras 3 builds a distributed model by reducing the first batch of each dataset across the
+    replicas, which fails unless that batch splits evenly (23 patches as 12 + 11: an `AddN`
+    shape error deep in `fit`). So the batch size must be a multiple of the replicas and every
+    split must fill at least one batch.
+    """
+    if count <= 1:
+        return
+    if batch_size % count:
+        raise DevicesError(
+            f"batch_size {batch_size} must be a multiple of the {count} replicas of devices"
+        )
+    for name, rows in split_rows.items():
+        if rows < batch_size:
+            raise DevicesError(
+                f"the {name} split has {rows} patches, fewer than one batch of {batch_size}: "
+                f"{count} replicas need at least one full batch (lower batch_size)"
+            )
+
+
 def _make_strategy(choice: str | int) -> Any | None:
     import tensorflow as tf
 

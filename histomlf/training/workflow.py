@@ -219,7 +219,7 @@ def build_and_fit(
     """
     from histomlf.data.pipeline import class_weights, make_dataset, steps_per_epoch
     from histomlf.models import create_model
-    from histomlf.training.devices import training_strategy
+    from histomlf.training.devices import check_replica_batches, replicas, training_strategy
     from histomlf.training.fit import fit
 
     train_rows, val_rows = data.rows["train"], data.rows["val"]
@@ -240,6 +240,9 @@ def build_and_fit(
         class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
     )
     strategy = training_strategy(config.devices)
+    check_replica_batches(
+        config.batch_size, {"train": len(train_rows), "val": len(val_rows)}, replicas(strategy)
+    )
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = create_model(
             config.model,
