@@ -8,9 +8,9 @@
   machine without GPU, N > 1 splits the CPU into N *logical* devices
   (`tf.config.set_logical_device_configuration`) and mirrors over them: the same cores, so no
   speed-up, but the exact code path of a multi-GPU run, which is how tests exercise it. The
-  split is only possible before TensorFlow initialises its runtime (its first op), so it
-  happens at the start of `workflow.train`; a process that already ran TensorFlow ops gets a
-  `DevicesError` saying so.
+  split is only possible before TensorFlow initialises its runtime (its first op), so
+  `workflow.prepare_data` makes it first (building the packed cache runs tf.data); a process
+  that already ran TensorFlow ops gets a `DevicesError` saying so.
 
 Multi-host training is not offered: `MultiWorkerMirroredStrategy` is broken under Keras 3
 (keras-team/keras#20585); scale beyond one machine with Keras Tuner workers or CV folds.
