@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -72,6 +73,7 @@ class TrainConfig:
     register_as: str = ""
     packed_cache: bool = True
     explain: bool = True
+    devices: str = "cpu"
     experiment: str = DEFAULT_EXPERIMENT
 
     def __post_init__(self) -> None:
@@ -80,6 +82,8 @@ class TrainConfig:
         _check_choice("balance", self.balance, BALANCE_CHOICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
+        if not re.fullmatch(r"cpu|all|[1-9][0-9]*", self.devices):
+            raise ConfigError(f"devices must be cpu, all or a positive count; got {self.devices!r}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -173,8 +173,9 @@ def serve(
     port: int | None = None,
     start_timeout: float = SERVE_START_TIMEOUT_S,
     extra_env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[Served]:
-    """Run `mlflow models serve -m URI --env-manager local` until the block exits.
+    """Run `mlflow models serve -m URI --env-manager local [-w WORKERS]` until the block exits.
 
     The server runs in its own process group (uvicorn forks a child that holds the port), is
     polled on /ping for up to `start_timeout` s, and the whole group is killed on exit: TERM,
@@ -188,6 +189,7 @@ def serve(
     command = [
         sys.executable, "-m", "mlflow", "models", "serve",
         "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+        "-w", str(workers),
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

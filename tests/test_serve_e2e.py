@@ -1,17 +1,23 @@
 """A real `mlflow models serve` of `models:/NAME@champion` answers like Keras in-process, refuses
-each kind of bad request with a 4xx carrying our message, and keeps serving afterwards."""
+each kind of bad request with a 4xx carrying our message, and keeps serving afterwards; then a
+load test: concurrent clients mixing real patches with bad requests, memory of the whole server
+process group flat."""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 from helpers_mlflow import (
+    Response,
     TmpStore,
     keras_probabilities,
     post_json,
@@ -29,6 +35,10 @@ from histomlf.tracking.pyfunc import log_patch_classifier
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_IMAGES = 8
+LOAD_CLIENTS = 4
+LOAD_REQUESTS_PER_CLIENT = 100
+LOAD_BAD_EVERY = 10
+LOAD_MEMORY_GROWTH = 1.25
 
 
 def b64(data: bytes) -> str:
@@ -111,3 +121,84 @@ def served_and_checked(store: TmpStore, tmp_path: Path, idc_sample: Path) -> Non
             f"{latency * 1000:.0f} ms; single-patch request median "
             f"{np.median(timings) * 1000:.0f} ms (max {max(timings) * 1000:.0f} ms)"
         )
+        load_checked(server.url, server.process.pid, keras_model, idc_sample)
+
+
+def group_rss(group: int) -> int:
+    """Resident bytes of every process in process group `group` (uvicorn's child does the work)."""
+    total = 0
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == group:
+                total += process.memory_info().rss
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def load_requests(idc_sample: Path) -> tuple[list[tuple[dict, np.ndarray | None]], list[Path]]:
+    """400 requests: 1 to 4 real patches each, every 10th one bad (garbage, truncated, bomb)."""
+    paths = sample_patches(idc_sample, full=40, border=8)
+    rng = np.random.default_rng(11)
+    real_bomb = png(np.zeros((3000, 3000, 3), np.uint8))  # ~27 MB decoded, a few KB encoded
+    bad = [
+        request(b64(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())),
+        request(b64(paths[0].read_bytes()[: len(paths[0].read_bytes()) // 2])),
+        request(b64(bomb_png())),
+        request(b64(real_bomb)),
+    ]
+    total = LOAD_CLIENTS * LOAD_REQUESTS_PER_CLIENT
+    planned: list[tuple[dict, np.ndarray | None]] = []
+    for index in range(total):
+        if index % LOAD_BAD_EVERY == LOAD_BAD_EVERY - 1:
+            planned.append((bad[(index // LOAD_BAD_EVERY) % len(bad)], None))
+            continue
+        picked = rng.choice(len(paths), size=int(rng.integers(1, 5)), replace=False)
+        planned.append((request(*(b64(paths[i].read_bytes()) for i in picked)), picked))
+    return planned, paths
+
+
+def load_checked(url: str, group: int, keras_model, idc_sample: Path) -> None:
+    planned, paths = load_requests(idc_sample)
+    reference = keras_probabilities(
+        keras_model, np.stack([decode_patch(p.read_bytes()) for p in paths])
+    )
+    assert post_json(f"{url}/invocations", planned[0][0]).status == 200
+    rss_before = group_rss(group)
+
+    def client(index: int) -> list[tuple[int, int, str]]:
+        answers = []
+        for number in range(index, len(planned), LOAD_CLIENTS):
+            reply = post_json(f"{url}/invocations", planned[number][0])
+            answers.append((number, reply.status, reply.body))
+        return answers
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+        answers = [answer for part in pool.map(client, range(LOAD_CLIENTS)) for answer in part]
+    seconds = time.monotonic() - started
+    rss_after = group_rss(group)
+
+    assert len(answers) == LOAD_CLIENTS * LOAD_REQUESTS_PER_CLIENT
+    bad_count = 0
+    for number, status, body in answers:
+        picked = planned[number][1]
+        if picked is None:
+            bad_count += 1
+            assert 400 <= status < 500, (number, status, body[:300])
+            continue
+        assert status == 200, (number, status, body[:300])
+        served = np.array(
+            [row["probability"] for row in Response(status, body).json()["predictions"]]
+        )
+        assert np.all((served >= 0) & (served <= 1)), (number, served)
+        np.testing.assert_allclose(served, reference[picked], rtol=0, atol=1e-5)
+    assert bad_count == len(answers) // LOAD_BAD_EVERY
+    after = post_json(f"{url}/invocations", planned[0][0])
+    assert after.status == 200, after.body
+    assert rss_after < LOAD_MEMORY_GROWTH * rss_before, (rss_before, rss_after)
+    print(
+        f"load: {len(answers)} requests from {LOAD_CLIENTS} clients in {seconds:.1f} s "
+        f"({len(answers) / seconds:.0f} req/s), {bad_count} bad refused; server group RSS "
+        f"{rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB ({rss_after / rss_before:.2f}x)"
+    )

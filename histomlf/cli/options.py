@@ -45,6 +45,7 @@ HELP = {
     "register_as": "register the model under this name and apply the champion gate",
     "packed_cache": "decode PNGs once into a packed uint8 cache (true/false)",
     "explain": "log Grad-CAM overlays and patient maps of the test split (true/false)",
+    "devices": "cpu | all (every GPU) | N (N GPUs, or N logical CPU devices without GPU)",
 }
 
 SKIP = {"experiment"}

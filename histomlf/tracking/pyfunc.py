@@ -2,10 +2,12 @@
 
 `mlflow models serve` and `mlflow.pyfunc.load_model` both go through `IdcPatchClassifier`:
 request rows are validated and padded by `histomlf.serving` (the same `pad_to_patch` as
-training), the saved `.keras` model is called directly in batches (`model.predict` is slow on
-small batches, mlflow issue 5259), and the decision threshold chosen at training time turns each
-probability into a label. Bad input becomes an `MlflowException(INVALID_PARAMETER_VALUE)`, the
-only kind whose message the scoring server passes on to the client (as an HTTP 400).
+training), the saved `.keras` model is called through `histomlf.models.inference`'s compiled
+graphs over fixed padded batch sizes (eager calls and `model.predict` are slow on small batches,
+mlflow issue 5259; batch 1 is traced when the model loads, the other sizes on first use), and the
+decision threshold chosen at training time turns each probability into a label. Bad input
+becomes an `MlflowException(INVALID_PARAMETER_VALUE)`, the only kind whose message the scoring
+server passes on to the client (as an HTTP 400).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
+        from histomlf.models.inference import CompiledPredictor, buckets_up_to
+
         config = dict(context.model_config or {})
         self.threshold = _check_threshold(config.get(config_key("threshold")))
         limits = {
@@ -88,6 +92,8 @@ class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
         self.max_pixels, self.batch_size = limits["max_pixels"], limits["batch_size"]
         _register_custom_layers()
         self.keras_model = keras.saving.load_model(context.artifacts[MODEL_ARTIFACT], compile=False)
+        self.predictor = CompiledPredictor(self.keras_model, buckets_up_to(self.batch_size))
+        self.predictor.warm((1,))
 
     def predict(
         self,
@@ -137,20 +143,8 @@ class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
         )
 
     def score(self, batch: np.ndarray) -> np.ndarray:
-        """IDC probabilities `[N]` for a padded uint8 batch, calling Keras directly per batch."""
-        import keras
-
-        outputs = []
-        for start in range(0, len(batch), self.batch_size):
-            chunk = batch[start : start + self.batch_size].astype(np.float32)
-            output = keras.ops.convert_to_numpy(self.keras_model(chunk, training=False))
-            if output.shape not in ((len(chunk), 1), (len(chunk),)):
-                raise RuntimeError(
-                    f"the Keras model returned shape {output.shape} for {len(chunk)} patches; "
-                    "expected [N, 1] probabilities"
-                )
-            outputs.append(output.reshape(-1))
-        return np.concatenate(outputs).astype(np.float64)
+        """IDC probabilities `[N]` for a padded uint8 batch, through the compiled predictor."""
+        return self.predictor(batch).astype(np.float64)
 
 
 def predict_patches(

@@ -11,6 +11,7 @@ per-epoch logging.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -107,7 +108,9 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
     from histomlf.data.manifest import dataset_digest
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import apply_split, make_patient_split, split_digest
+    from histomlf.training.devices import training_strategy
 
+    training_strategy(config.devices)  # before building the packed cache runs TensorFlow's first op
     data_dir, source = resolve_data_dir(config)
     scan = scan_to_cache(data_dir)
     manifest = scan.manifest
@@ -152,11 +155,17 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
 def predict_probabilities(
     model: Any, rows: pd.DataFrame, data: PreparedData, batch_size: int
 ) -> np.ndarray:
-    """IDC probabilities for `rows` in row order, streamed through the eval pipeline."""
-    from histomlf.data.pipeline import make_dataset
+    """IDC probabilities for `rows` in row order, streamed through the eval pipeline.
 
+    `model` is a Keras model or a `CompiledPredictor`; pass the latter to score several splits
+    with the same traced graphs (a Keras model is wrapped anew on every call).
+    """
+    from histomlf.data.pipeline import make_dataset
+    from histomlf.models.inference import as_predictor
+
+    predictor = as_predictor(model, batch_size)
     dataset = make_dataset(rows, batch_size=batch_size, training=False, packed=data.packed)
-    chunks = [np.asarray(model(images, training=False)).reshape(-1) for images, _ in dataset]
+    chunks = [predictor(images) for images, _ in dataset]
     probabilities = np.concatenate(chunks) if chunks else np.zeros(0)
     if len(probabilities) != len(rows):
         raise RuntimeError(
@@ -242,6 +251,9 @@ def choose_threshold_on_val(
 
 def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> Evaluation:
     """Threshold on val, then val/test/train scores, per-patient metrics and patient CIs."""
+    from histomlf.models.inference import as_predictor
+
+    model = as_predictor(model, config.batch_size)  # traced once for all three splits
     threshold, val = choose_threshold_on_val(model, config, data)
     train_rows = limit_rows(data.rows["train"], TRAIN_METRICS_MAX_ROWS, config.seed).reset_index(
         drop=True
@@ -269,14 +281,24 @@ def train_and_score(
     data: PreparedData | None = None,
 ) -> TrainOutcome:
     """Run the whole recipe and return what it produced; logs nothing."""
+    from histomlf.training.devices import check_replica_batches, replicas, training_strategy
     from histomlf.training.fit import make_deterministic
 
+    strategy = training_strategy(config.devices)  # first: splitting the CPU precedes any TF op
     make_deterministic(config.seed)
     started = time.perf_counter()
     data = data or prepare_data(config)
     prepared = time.perf_counter()
-    model = build_model(config)
-    fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
+    check_replica_batches(
+        config.batch_size,
+        {"train": len(data.rows["train"]), "val": len(data.rows["val"])},
+        replicas(strategy),
+    )
+    # Under `devices` other than one device, the model is built, compiled and fitted inside
+    # the tf.distribute strategy's scope; Keras splits each global batch across the replicas.
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config)
+        fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
     fitted = time.perf_counter()
     evaluation = evaluate_model(config, data, model)
     done = time.perf_counter()

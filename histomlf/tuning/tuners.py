@@ -121,6 +121,11 @@ def create_tuner(
     **kwargs: Any,
 ) -> Any:
     """Build the named tuner over `hypermodel` in `directory/search` (reloaded if present)."""
+    if config.devices != "cpu":
+        raise ConfigError(
+            f"devices={config.devices} applies to train and cv; tuning trials run on one "
+            "device each: scale a search with --workers (Keras Tuner chief and workers)"
+        )
     cls = tuner_class(settings.tuner, mixins)
     _, oracle_args = _TUNERS[settings.tuner]
     tuner = cls(
