@@ -129,7 +129,7 @@ def first_epoch_logged(client: MlflowClient, trial_id: str, epoch: int = 0) -> A
     for run in runs_of(client):
         if run.data.tags.get("histomlf.trial_id") != trial_id or run.info.status != "RUNNING":
             continue
-        steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_loss")}
         if epoch in steps:
             return run
     return None
@@ -205,8 +205,8 @@ def test_mlflow_run_random_search_registers_the_winner(tmp_path: Path, idc_sampl
     children = assert_search(client, parent, 2, tuned=("learning_rate", "dropout", "dense_units"))
     assert parent.data.params["tuner"] == "random" and parent.data.params["max_trials"] == "2"
     for run in children:
-        # Two executions: epoch 0 of each at steps 0 and 1 (stride = 1 epoch), then the final.
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        # Two executions: epoch 0 of each at steps 0 and 1 (stride = 1 epoch).
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/train_loss")]
         assert sorted(steps) == [0, 1]
         assert run.data.tags["histomlf.executions"] == "2"
     version = client.get_model_version_by_alias("idc-tuned", "champion")
@@ -242,7 +242,8 @@ def test_hyperband_search_continues_a_trial(tmp_path: Path, idc_sample: Path,
     assert {r.data.tags["histomlf.hyperband.outcome"] for r in children} == {
         "promoted", "discarded", "final"}
     # The continued trial trains epoch 1 only, logged at its own epoch number.
-    assert [m.step for m in client.get_metric_history(continued.info.run_id, "train_loss")] == [1]
+    history = client.get_metric_history(continued.info.run_id, "epoch/train_loss")
+    assert [m.step for m in history] == [1]
     assert continued.data.params["epochs"] == "2"
 
 
