@@ -4,9 +4,10 @@ Histology has no canonical orientation, so `light` draws one of the 8 symmetries
 per patch (all flips and 90-degree rotations). `strong` adds a mild stain jitter in
 haematoxylin-eosin-DAB (HED) optical-density space (Tellez et al. 2018): it mimics the colour
 variation between labs and scanners without inventing colours H&E cannot produce. `stronger`
-jitters four times as much (+-0.2, Tellez et al. 2019's "HED-strong", which generalised best
-across centres there). Everything is a vectorised op over the whole batch with stateless
-randomness, and the output stays uint8 because the model does its own float conversion.
+jitters four times as much (+-0.2, the range of Tellez et al. 2019's "HED-strong" setting;
+strong colour augmentation generalised best across centres there). Everything is a vectorised
+op over the whole batch with stateless randomness, and the output stays uint8 because the model
+does its own float conversion.
 
 `mixup_batch` (Zhang et al. 2018) is separate: it blends each patch and its label with another
 patch of the batch, so its images are float32 and its labels soft.

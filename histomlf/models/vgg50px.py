@@ -30,12 +30,10 @@ def vgg50px_backbone(
     x = inputs
     for block, width in enumerate(filters, start=1):
         for conv in range(1, CONVS_PER_BLOCK + 1):
-            prefix = f"block{block}_{{}}{conv}"
-            x = layers.Conv2D(
-                width, 3, padding="same", use_bias=False, name=prefix.format("conv")
-            )(x)
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=prefix.format("bn"))(x)
-            x = layers.Activation("relu", name=prefix.format("relu"))(x)
+            tag = f"block{block}_{{}}{conv}"  # block2_conv1, block2_bn1, block2_relu1, ...
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=tag.format("conv"))(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=tag.format("bn"))(x)
+            x = layers.Activation("relu", name=tag.format("relu"))(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name=BACKBONE_NAME)
 
