@@ -175,3 +175,20 @@ def test_gradcam_of_an_ensemble_is_the_mean_of_its_members_maps() -> None:
     np.testing.assert_allclose(explainer_for(ensemble)(batch, 0), expected, atol=1e-5)
     with pytest.raises(GradCamError, match="not a histomlf classifier"):
         GradCam(ensemble)
+
+
+def test_a_tta_model_writes_the_explain_folder(tmp_path: Path, idc_sample: Path) -> None:
+    """What `explain=true` runs after a `tta=dihedral8` fit: the panel and patient maps."""
+    from helpers_data import sample_rows
+
+    from histomlf.explain.artifacts import write_explanations
+
+    tta = with_tta(classifier(1))
+    rows = sample_rows(idc_sample).iloc[::40].reset_index(drop=True)
+    batch = np.stack([decode_patch(Path(p).read_bytes()) for p in rows["path"]])
+    frame = rows[["path", "patient_id", "x", "y", "label"]].assign(
+        probability=predict(tta, batch)
+    )
+    index = write_explanations(tta, frame, 0.5, tmp_path, patches_per_kind=1, patients=1)
+    assert index["model"] == "simplecnn_tta" and index["layer"] == "block3_relu"
+    assert index["gradcam"] and all((tmp_path / e["file"]).is_file() for e in index["gradcam"])
