@@ -57,7 +57,7 @@ BACKBONES: dict[str, Backbone] = {
         ),
         Backbone(
             "vgg50px",
-            "VGG-style for 50x50: 3 blocks of two convs (32/64/128), ~0.29 M parameters",
+            "VGG-style for 50x50: 3 blocks of two convs (32/64/128), ~0.3 M parameters",
             preprocessing="unit",
             explain_layer="block3_relu2",
             trains_from_scratch=True,

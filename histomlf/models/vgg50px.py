@@ -1,4 +1,4 @@
-"""`vgg50px`: a VGG-style network sized for 50x50 patches (~0.29 M parameters, CPU-trainable).
+"""`vgg50px`: a VGG-style network for 50x50 patches (0.29 M backbone parameters; 0.30 M in all).
 
 Twice as deep as `simplecnn` (two 3x3 convolutions per block: a receptive field of 32 px, not
 18 px, at the third block), with the same widths so it stays CPU-sized.
