@@ -11,6 +11,7 @@ or Python.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -27,10 +28,11 @@ DEFAULT_EXPERIMENT = "default"
 DEMO_EXPERIMENT = "demo"
 DATA_DIR_ENV = "HISTOMLF_DATA_DIR"
 
-AUGMENT_CHOICES = ("none", "light", "strong")
+AUGMENT_CHOICES = ("none", "light", "strong", "stronger")
 BALANCE_CHOICES = ("class_weight", "undersample", "none")
 OPTIMIZER_CHOICES = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULE_CHOICES = ("constant", "cosine")
+TTA_CHOICES = ("none", "dihedral8")
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,10 @@ class TrainConfig:
     dropout: float = 0.3
     dense_units: int = 128
     augment: str = "light"
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    tta: str = "none"
     balance: str = "class_weight"
     early_stopping_patience: int = 3
     threshold_policy: str = "youden"
@@ -84,6 +90,13 @@ class TrainConfig:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
         if not re.fullmatch(r"cpu|all|[1-9][0-9]*", self.devices):
             raise ConfigError(f"devices must be cpu, all or a positive count; got {self.devices!r}")
+        _check_choice("tta", self.tta, TTA_CHOICES)
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        for name in ("mixup", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

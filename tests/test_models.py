@@ -22,7 +22,7 @@ from histomlf.models import (
 from histomlf.models import weights as weights_module
 from histomlf.models.backbones import UnknownBackboneError
 
-EXPECTED_MODELS = {"vgg16", "resnet50", "efficientnetb0", "mobilenetv2", "simplecnn"}
+EXPECTED_MODELS = {"vgg16", "resnet50", "efficientnetb0", "mobilenetv2", "simplecnn", "vgg50px"}
 
 
 def uint8_batch(n: int = 2, seed: int = 0) -> np.ndarray:
@@ -32,7 +32,7 @@ def uint8_batch(n: int = 2, seed: int = 0) -> np.ndarray:
 def test_registry_builds_exactly_the_backbone_table() -> None:
     assert set(list_models()) == set(backbones.backbone_names()) == EXPECTED_MODELS
     assert list_models() == sorted(list_models())
-    assert backbones.scratch_backbones() == ("simplecnn",)
+    assert backbones.scratch_backbones() == ("simplecnn", "vgg50px")
 
 
 def test_a_builder_without_a_table_entry_is_refused() -> None:

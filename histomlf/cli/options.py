@@ -32,7 +32,13 @@ HELP = {
     "batch_size": "patches per batch",
     "dropout": "dropout rate of the head",
     "dense_units": "units of the head's hidden layer (0: none)",
-    "augment": "none | light | strong (training split only)",
+    "augment": "none | light (flips/rotations) | strong (+ HED stain jitter 0.05) | stronger "
+    "(+ HED jitter 0.2); training split only",
+    "mixup": "mixup alpha: Beta(alpha, alpha) mixing of training patches and labels (0: off)",
+    "label_smoothing": "binary label smoothing of the training loss, in [0, 0.5) (0: off)",
+    "weight_decay": "decoupled weight decay per step x learning rate (0: optimizer default, "
+    "none except adamw's 0.004)",
+    "tta": "none | dihedral8 (score the mean over the 8 flips/rotations; served model too)",
     "balance": "class_weight | undersample | none (training split only)",
     "early_stopping_patience": "epochs without val ROC-AUC gain before stopping (0: off)",
     "threshold_policy": "youden | best_f1 | sensitivity:<x> | fixed:<t>, chosen on val",

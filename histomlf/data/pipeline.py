@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from histomlf.data.augment import augment_batch, check_augment
+from histomlf.data.augment import augment_batch, check_augment, mixup_batch
 from histomlf.data.balance import (
     check_balance,
     chunks_of,
@@ -44,6 +44,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 # one chunk (~7.5 MB) per Python call and cuts batches from it.
 CHUNK_ROWS = 1024
 AUGMENT_SEED_OFFSET = 1_000_003
+MIXUP_SEED_OFFSET = 2_000_003
 PACK_BATCH = 512
 
 
@@ -97,6 +98,7 @@ def make_dataset(
     seed: int = 0,
     packed: PackedPatches | None = None,
     repeat: bool = False,
+    mixup: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of `(images uint8 [B, 50, 50, 3], labels float32 [B])` for `rows`.
 
@@ -104,12 +106,15 @@ def make_dataset(
     for the same seed), `balance="undersample"` draws a balanced subset each epoch, `augment`
     is applied per batch. training=False: row order, each row once, no augmentation or balance.
     `packed` (a cache holding every row's path) replaces PNG decoding by file reads.
-    `repeat=True` repeats epochs forever (use `steps_per_epoch`).
+    `repeat=True` repeats epochs forever (use `steps_per_epoch`). `mixup` > 0 (training only)
+    blends the augmented batches with `mixup_batch` at that alpha: float32 images, soft labels.
     """
     check_augment(augment)
     check_balance(balance)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not mixup >= 0:
+        raise ValueError(f"mixup alpha must be >= 0, got {mixup}")
     labels = rows["label"].to_numpy().astype(np.int64)
     chunk_rows = batch_size * max(1, CHUNK_ROWS // batch_size)
     chunks = _epoch_indices(
@@ -128,6 +133,14 @@ def make_dataset(
         seeds = seeds.batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda batch, batch_seed: (augment_batch(batch[0], batch_seed, augment), batch[1]),
+            num_parallel_calls=AUTOTUNE,
+        )
+    if training and mixup > 0:
+        mix_seeds = tf.data.Dataset.random(
+            seed=seed + MIXUP_SEED_OFFSET, rerandomize_each_iteration=True
+        ).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, mix_seeds).map(
+            lambda batch, batch_seed: mixup_batch(batch[0], batch[1], batch_seed, mixup),
             num_parallel_calls=AUTOTUNE,
         )
     if not training:

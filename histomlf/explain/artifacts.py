@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from histomlf.data.patches import decode_patch
-from histomlf.explain.gradcam import GradCam, SmoothGrad
+from histomlf.explain.averaged import explainer_for
+from histomlf.explain.gradcam import SmoothGrad
 from histomlf.explain.patient_map import REQUIRED_COLUMNS, save_patient_map
 from histomlf.explain.render import HEATMAP, save_overlay
 
@@ -135,7 +136,7 @@ def write_explanations(
     (root / "gradcam").mkdir(parents=True, exist_ok=True)
     (root / "patients").mkdir(parents=True, exist_ok=True)
 
-    explainer = GradCam(model)
+    explainer = explainer_for(model)
     panel = select_panel(frame, threshold, patches_per_kind, seed)
     settings = SmoothGrad(seed=seed) if smoothgrad else None
     gradcam_entries = []

@@ -56,6 +56,13 @@ BACKBONES: dict[str, Backbone] = {
             trains_from_scratch=True,
         ),
         Backbone(
+            "vgg50px",
+            "VGG-style for 50x50: 3 blocks of two convs (32/64/128), ~0.3 M parameters",
+            preprocessing="unit",
+            explain_layer="block3_relu2",
+            trains_from_scratch=True,
+        ),
+        Backbone(
             "vgg16",
             "VGG16, the study's baseline (caffe preprocessing)",
             preprocessing="caffe",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from histomlf.models import applications, simplecnn  # noqa: F401  (registers the builders)
+from histomlf.models import applications, simplecnn, vgg50px  # noqa: F401  (registers the builders)
 from histomlf.models.registry import create_model, is_model, list_models
 
 __all__ = ["create_model", "is_model", "list_models"]

@@ -193,7 +193,7 @@ def run_worker(parent_run_id: str, *, tuner_dir: str = "", data_dir: str = "") -
 def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: SearchRun) -> dict:
     """Log the leaderboard, best trial and the winner's test evaluation; returns a summary."""
     from histomlf.recipes.train import register
-    from histomlf.training.workflow import evaluate_model
+    from histomlf.training.workflow import evaluate_model, inference_model
 
     settings = spec.settings
     trials = list(tuner.oracle.trials.values())
@@ -210,6 +210,7 @@ def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: Search
     best_run = children.get(best.trial_id)
     best_run_id = search.record_best_trial(best, best_run, settings.objective)
     model, source, config = best_model(tuner, best)
+    model = inference_model(model, config)
     evaluation = evaluate_model(config, data, model)
     artifacts.log_evaluation(evaluation)
     if config.explain:

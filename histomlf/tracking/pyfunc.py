@@ -250,10 +250,14 @@ def _check_threshold(value: Any) -> float:
     return threshold
 
 
+_CUSTOM_LAYER_MODULES = ("histomlf.models.heads", "histomlf.models.averaging")
+
+
 def _register_custom_layers() -> None:
-    """Import `histomlf.models.heads` if present, so its custom layers can be deserialized."""
-    try:
-        importlib.import_module("histomlf.models.heads")
-    except ModuleNotFoundError as error:
-        if error.name not in ("histomlf", "histomlf.models", "histomlf.models.heads"):
-            raise
+    """Import histomlf's modules of custom layers, if present, so they can be deserialized."""
+    for module in _CUSTOM_LAYER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name not in ("histomlf", "histomlf.models", module):
+                raise

@@ -83,13 +83,21 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """`adam`, `adamw`, `sgd` (momentum 0.9) or `rmsprop` at `learning_rate`."""
+def make_optimizer(
+    name: str, learning_rate: Any, weight_decay: float = 0.0
+) -> keras.optimizers.Optimizer:
+    """`adam`, `adamw`, `sgd` (momentum 0.9) or `rmsprop` at `learning_rate`.
+
+    `weight_decay` > 0 is Keras 3's decoupled decay, the same for every optimizer: after each
+    step every trainable variable shrinks by `variable * weight_decay * learning_rate` (so
+    `adam` with it is AdamW). 0 keeps each optimizer's default: none, AdamW's 0.004.
+    """
+    decay = {"weight_decay": weight_decay} if weight_decay > 0 else {}
     factories = {
-        "adam": lambda: keras.optimizers.Adam(learning_rate),
-        "adamw": lambda: keras.optimizers.AdamW(learning_rate),
-        "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9),
-        "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate),
+        "adam": lambda: keras.optimizers.Adam(learning_rate, **decay),
+        "adamw": lambda: keras.optimizers.AdamW(learning_rate, **decay),
+        "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9, **decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate, **decay),
     }
     if name not in factories:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(factories)}")
@@ -128,11 +136,18 @@ def compile_model(
     model: keras.Model,
     optimizer: str,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    *,
+    label_smoothing: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> None:
-    """Binary cross-entropy plus `training_metrics()`; recompiling resets optimizer state."""
+    """Binary cross-entropy plus `training_metrics()`; recompiling resets optimizer state.
+
+    `label_smoothing` moves the loss's targets towards 0.5 (y -> y(1 - s) + s/2); the metrics
+    keep the true labels. `weight_decay`: see `make_optimizer`.
+    """
     model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        optimizer=make_optimizer(optimizer, learning_rate, weight_decay),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=training_metrics(),
     )
 
@@ -180,6 +195,11 @@ class TolerantBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_train_begin(logs)
         except OSError:
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def regularisation(config: TrainConfig) -> dict[str, float]:
+    """The loss and optimizer settings of `config` that `compile_model` takes."""
+    return {"label_smoothing": config.label_smoothing, "weight_decay": config.weight_decay}
 
 
 def uses_pretrained_weights(config: TrainConfig) -> bool:
@@ -257,7 +277,7 @@ def fit(
         rate = phase_learning_rate(
             config.learning_rate, config.lr_schedule, config.epochs - initial_epoch, steps_per_epoch
         )
-        compile_model(model, config.optimizer, rate)
+        compile_model(model, config.optimizer, rate, **regularisation(config))
         run_phase(1, config.epochs, initial_epoch)
         phase1_epochs = max(read_history(history_path)[0], default=initial_epoch - 1) + 1
         if config.fine_tune_epochs > 0:
@@ -272,7 +292,7 @@ def fit(
             config.fine_tune_epochs,
             steps_per_epoch,
         )
-        compile_model(model, config.optimizer, rate)
+        compile_model(model, config.optimizer, rate, **regularisation(config))
         run_phase(2, phase1_epochs + config.fine_tune_epochs, phase1_epochs)
 
     wall_seconds = time.perf_counter() - started

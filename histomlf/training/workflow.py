@@ -187,6 +187,14 @@ def build_model(config: TrainConfig) -> Any:
     )
 
 
+def inference_model(model: Any, config: TrainConfig) -> Any:
+    """What a fitted `model` is scored and logged as: itself, or with `config.tta` around it
+    (one Keras model averaging the 8 dihedral views, see `histomlf.models.averaging`)."""
+    from histomlf.models.averaging import with_tta
+
+    return with_tta(model, config.tta)
+
+
 def fit_model(
     model: Any,
     config: TrainConfig,
@@ -214,6 +222,7 @@ def fit_model(
         seed=config.seed,
         packed=data.packed,
         repeat=True,
+        mixup=config.mixup,
     )
     val_ds = make_dataset(
         val_rows, batch_size=config.batch_size, training=False, packed=data.packed
@@ -299,6 +308,7 @@ def train_and_score(
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(config)
         fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
+    model = inference_model(model, config)
     fitted = time.perf_counter()
     evaluation = evaluate_model(config, data, model)
     done = time.perf_counter()
