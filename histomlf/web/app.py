@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from histomlf import __version__
 from histomlf.tracking.notes import metric_with_interval
 from histomlf.web import about
-from histomlf.web.limits import MB, BodyLimit
+from histomlf.web.limits import MB, BodyLimit, RequestTooLarge
 from histomlf.web.results import score_patches, score_patient
 from histomlf.web.schemas import (
     ErrorAnswer,
@@ -144,6 +144,8 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
                     data = await item.read()
                     if item.filename or data:
                         uploads.append((item.filename or "(unnamed file)", data))
+        except RequestTooLarge:
+            raise
         except HTTPException as error:
             if "Too many files" in str(error.detail):
                 raise UploadError(

@@ -48,10 +48,9 @@ class RequestTooLarge(HTTPException):
 
     def __init__(self, limit: int, seen: int | None = None) -> None:
         size = f"{seen:,} bytes" if seen is not None else "more"
+        cap = f"{limit:,} bytes allowed" + (f" ({limit // MB} MB)" if limit >= MB else "")
         super().__init__(
-            413,
-            f"the upload is too large: {size} > {limit:,} bytes allowed "
-            f"({limit // MB} MB); send fewer or smaller files",
+            413, f"the upload is too large: {size} > {cap}; send fewer or smaller files"
         )
 
 
