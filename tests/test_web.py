@@ -9,18 +9,12 @@ driven by headless Chromium, whose probabilities must equal the in-process pyfun
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import io
 import os
 import re
-import signal
 import stat
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -29,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_mlflow import free_port, sample_patches
+from helpers_mlflow import sample_patches
+from helpers_web import web_process
 from PIL import Image
 from study_store import StudyStore, invoke_cli, tracking_env
 
@@ -338,7 +333,7 @@ def test_patches_are_scored_as_the_pyfunc_scores_them_and_bad_ones_named(
                          html), name
     images = images_of(html)
     assert len(images) == 2 * len(good)  # a thumbnail and a Grad-CAM overlay per patch
-    assert all(image.size == (100, 100) for image in images)
+    assert [image.size for image in images] == [(100, 100), (204, 100)] * len(good)
 
     api = client.post("/api/predict", files=upload).json()
     assert [p["file"] for p in api["predictions"]] == [p.name for p in good]
@@ -487,41 +482,6 @@ def test_the_openapi_page_describes_the_json_api(client) -> None:
 # ----------------------------------------------------------------- a real browser
 
 
-@contextlib.contextmanager
-def web_process(study_store: StudyStore, log: Path) -> Iterator[str]:
-    """`histomlf web` in its own process group, killed whole (TERM, then KILL) on exit."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": study_store.tracking_uri}
-    command = [sys.executable, "-m", "histomlf", "web", "--model", MODEL, "--port", str(port),
-               "--mlflow-ui-url", UI_URL]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            assert time.monotonic() < deadline, "histomlf web did not answer /health"
-            time.sleep(0.5)
-        yield url
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def every_image_loaded(page) -> bool:
     images = page.find_elements("tag name", "img")
     return bool(images) and all(
@@ -558,10 +518,11 @@ def test_a_browser_user_scores_patches_and_maps_a_patient(
                                 pyfunc_probabilities(reference, list(members.values())),
                                 strict=True))
 
-    with web_process(study_store, tmp_path / "web.log") as url, \
+    with web_process(MODEL, study_store.tracking_uri, tmp_path / "web.log", UI_URL) as url, \
             headless_chrome(chromium.browser, chromium.driver) as page:
         page.get(url)
         wait_until(lambda: "idc-study" in body_text(page), 30, "the home page", page)
+        shot(page, tmp_path, "web-home")
         files = [str(p) for p in good[:3]] + [str(garbage)] + [str(p) for p in good[3:]]
         page.find_element("id", "files").send_keys("\n".join(files))
         page.find_element("css selector", "form[action='/predict'] button").click()
@@ -577,6 +538,7 @@ def test_a_browser_user_scores_patches_and_maps_a_patient(
         assert "not a PNG or JPEG" in refused
         wait_until(lambda: every_image_loaded(page), 30, "every image decoded", page)
         assert len(page.find_elements("tag name", "img")) == 2 * len(good)
+        page.set_window_size(1500, 1500)
         shot(page, tmp_path, "web-page")
 
         page.get(url)

@@ -21,9 +21,15 @@ DEFAULT_MODEL = "models:/idc-classifier@champion"
 def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None) -> None:
     """Serve the web page: upload patches or a patient's zip, see P(IDC), Grad-CAM, the map."""
     check_tracking_server()
+    from histomlf.tracking.model_card import ModelCardError, describe_model
+
+    try:  # before TensorFlow is imported: a wrong URI fails in seconds
+        card = describe_model(model_uri)
+    except ModelCardError as error:
+        raise click.ClickException(str(error)) from None
     from histomlf.web.server import serve
 
     try:
-        serve(model_uri, host=host, port=port, mlflow_ui_url=mlflow_ui_url)
+        serve(card, host=host, port=port, mlflow_ui_url=mlflow_ui_url)
     except user_errors() as error:
         raise click.ClickException(str(error).strip().splitlines()[-1]) from error

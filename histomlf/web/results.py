@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from PIL import Image
 
 from histomlf.data.patches import PATCH_SIZE
@@ -22,11 +23,12 @@ from histomlf.explain.patient_map import (
     patient_summary,
     render_patient_map,
 )
-from histomlf.explain.render import overlay
+from histomlf.explain.render import HEATMAP, overlay
 from histomlf.web.scorer import Scorer
 from histomlf.web.uploads import Decoded, FileError, PatientFiles
 
 THUMB_SCALE = 2
+GAP = 2
 MAP_DPI = 90
 CSV_COLUMNS = ["file", "patient_id", "x", "y", "label", "probability", "predicted"]
 
@@ -40,6 +42,9 @@ class PatchRow:
     label: int
     thumbnail: str | None = None
     overlay: str | None = None
+    """Grad-CAM overlay beside the map alone (so an empty map is seen as empty)."""
+    evidence: bool = True
+    """False when the map is zero everywhere: nothing in the patch raised that class."""
 
 
 @dataclass
@@ -76,7 +81,8 @@ def score_patches(scorer: Scorer, decoded: Decoded, *, pictures: bool) -> PatchR
     for index, (row, patch) in enumerate(zip(rows, decoded.patches, strict=True)):
         row.thumbnail = png_uri(upscale(patch))
         if maps is not None and index < shown:
-            row.overlay = png_uri(upscale(overlay(patch, maps[index])))
+            row.overlay = png_uri(upscale(gradcam_pair(patch, maps[index])))
+            row.evidence = bool(maps[index].max() > 0)
     results.overlays_drawn = shown if maps is not None else 0
     if maps is None and scorer.explain_error:
         results.notes.append(f"Grad-CAM unavailable for this model: {scorer.explain_error}")
@@ -124,6 +130,13 @@ def stitch_patches(frame: pd.DataFrame, patches: np.ndarray, threshold: float) -
         top, left = row * PATCH_SIZE, col * PATCH_SIZE
         canvas[top : top + PATCH_SIZE, left : left + PATCH_SIZE] = patch
     return canvas
+
+
+def gradcam_pair(patch: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """The overlay and the map alone (same colour map), side by side with a white gap."""
+    heat = np.round(colormaps[HEATMAP](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.uint8)
+    gap = np.full((patch.shape[0], GAP, 3), 255, np.uint8)
+    return np.concatenate([overlay(patch, cam), gap, heat], axis=1)
 
 
 def upscale(image: np.ndarray, scale: int = THUMB_SCALE) -> np.ndarray:

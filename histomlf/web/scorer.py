@@ -66,9 +66,11 @@ class Scorer:
             return self.explainer(patches, classes)
 
 
-def load_scorer(model_uri: str, limits: Limits | None = None) -> Scorer:
-    """Read the model's card, load its pyfunc once and build its Grad-CAM explainer."""
-    card = describe_model(model_uri)
+def load_scorer(
+    model_uri: str, limits: Limits | None = None, *, card: ModelCard | None = None
+) -> Scorer:
+    """Read the model's card (unless given), load its pyfunc once, build its Grad-CAM."""
+    card = card or describe_model(model_uri)
     model = load_model(model_uri)
     explainer, explain_error = None, None
     try:

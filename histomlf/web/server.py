@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uvicorn
 
+from histomlf.tracking.model_card import ModelCard
 from histomlf.web.app import create_app
 from histomlf.web.scorer import Scorer, load_scorer
 
 
-def serve(
-    model_uri: str, *, host: str, port: int, mlflow_ui_url: str | None = None
-) -> None:
-    """Blocks until the server stops (Ctrl-C / SIGTERM)."""
-    scorer = load_scorer(model_uri)
+def serve(card: ModelCard, *, host: str, port: int, mlflow_ui_url: str | None = None) -> None:
+    """Load the model `card` describes, then serve until Ctrl-C / SIGTERM."""
+    scorer = load_scorer(card.uri, card=card)
     print(_ready_line(scorer, host, port), flush=True)
     uvicorn.run(create_app(scorer, mlflow_ui_url=mlflow_ui_url), host=host, port=port,
                 log_level="info")
