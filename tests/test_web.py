@@ -176,6 +176,35 @@ def test_a_zip_is_refused_from_its_directory(make, status: int, phrase: str) -> 
     assert phrase in str(refused.value)
 
 
+def test_positions_must_be_on_one_slide(idc_sample: Path) -> None:
+    from histomlf.web.limits import Limits
+    from histomlf.web.uploads import UploadError, read_patient_zip
+
+    patch = sample_patches(idc_sample, full=1, border=0)[0].read_bytes()
+    far = {f"{PATIENT}_idx5_x1_y1_class0.png": patch,
+           f"{PATIENT}_idx5_x0_y51_class0.png": patch,
+           f"{PATIENT}_idx5_x999999951_y1_class1.png": patch}
+    with pytest.raises(UploadError, match="span 20,000,000 x 1 cells") as refused:
+        read_patient_zip(zip_of(far), Limits(), max_bytes=256 * 1024, max_pixels=2500)
+    assert [e.message for e in refused.value.errors] == [
+        "positions are 1-based: x and y must be >= 1"]
+
+
+def test_the_map_tissue_equals_stitching_the_files_then_shrinking(idc_sample: Path) -> None:
+    from histomlf.explain.patient_map import patient_grid, shrink, stitch_tissue
+    from histomlf.web.limits import Limits
+    from histomlf.web.results import stitch_patches
+    from histomlf.web.uploads import read_patient_zip
+
+    files = read_patient_zip(zip_of(patient_members(idc_sample)), Limits(),
+                             max_bytes=256 * 1024, max_pixels=2500)
+    frame = files.rows.assign(probability=0.5)
+    by_name = {p.name: p for p in (idc_sample / PATIENT).rglob("*.png")}
+    on_disk = frame.assign(path=[str(by_name[f]) for f in frame["file"]])
+    expected = shrink(stitch_tissue(on_disk, patient_grid(on_disk, 0.5)))
+    np.testing.assert_array_equal(stitch_patches(frame, files.patches, 0.5), expected)
+
+
 def test_two_patients_in_one_zip_are_refused(idc_sample: Path) -> None:
     from histomlf.web.limits import Limits
     from histomlf.web.uploads import UploadError, read_patient_zip
@@ -552,4 +581,5 @@ def test_a_browser_user_scores_patches_and_maps_a_patient(
         assert set(shown) == set(expected_patient)
         for name, probability in shown.items():
             assert abs(probability - expected_patient[name]) < TOLERANCE, name
+        page.set_window_size(1500, 1900)
         shot(page, tmp_path, "web-patient")

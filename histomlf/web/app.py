@@ -93,6 +93,8 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
         "metrics": [(label, metric_with_interval(card.metrics, f"test_{name}"))
                     for name, label in MODEL_METRICS if f"test_{name}" in card.metrics],
         "patient_auc": card.metrics.get("test_patient_roc_auc"),
+        "compared": {key: metric_with_interval(card.metrics, f"test_{key}")
+                     for key, _ in about.COMPARED},
         "limits": limits,
         "max_bytes": scorer.max_bytes,
         "mb": MB,
@@ -230,6 +232,10 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
     async def api_model() -> ModelSummary:
         """Which registered model answers this page."""
         return model_summary(scorer)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)  # no icon; spares every browser visit a 404 page
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:

@@ -37,6 +37,8 @@ class Limits:
     """Total uncompressed size of a patient zip, from its directory, before extraction."""
     zip_ratio: float = 100.0
     """Largest uncompressed/compressed ratio of one zip member (PNGs barely compress)."""
+    slide_cells: int = 1_000
+    """Largest span of a patient's patch positions, in 50-px cells per side (50,000 px)."""
     chunk: int = 512
     """Patches per pyfunc call (also capped by the model's own `max_images`)."""
     overlays: int = 100

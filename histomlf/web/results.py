@@ -18,6 +18,7 @@ from PIL import Image
 
 from histomlf.data.patches import PATCH_SIZE
 from histomlf.explain.patient_map import (
+    TISSUE_PIXELS,
     cell_of,
     patient_grid,
     patient_summary,
@@ -117,18 +118,24 @@ def score_patient(scorer: Scorer, files: PatientFiles, *, pictures: bool) -> Pat
 
 
 def stitch_patches(frame: pd.DataFrame, patches: np.ndarray, threshold: float) -> np.ndarray:
-    """The patient's tissue from decoded patches (the map's panel a), no files needed.
+    """The patient's tissue (the map's panel a) from decoded patches, already at display size.
 
-    Patches are padded with white to 50x50 (what the model saw), and white is also the
-    background of `histomlf.explain.patient_map.stitch_tissue`, so both give the same canvas.
+    The same picture as `histomlf.explain.patient_map.stitch_tissue` followed by `shrink`:
+    padding is white like that canvas's background, and each patch is block-averaged by the
+    factor `shrink` would pick (a divisor of 50, so blocks never straddle two cells). Built
+    small, the canvas stays within `TISSUE_PIXELS` per side however large the slide.
     """
     grid = patient_grid(frame, threshold)
     rows, cols = grid.shape
-    canvas = np.full((rows * PATCH_SIZE, cols * PATCH_SIZE, 3), 255, np.uint8)
+    longest = max(rows, cols) * PATCH_SIZE
+    factor = next((f for f in (1, 2, 5, 10, 25) if longest / f <= TISSUE_PIXELS), PATCH_SIZE)
+    size = PATCH_SIZE // factor
+    small = patches.reshape(len(patches), size, factor, size, factor, 3).mean(axis=(2, 4))
+    small = small.round().astype(np.uint8)
+    canvas = np.full((rows * size, cols * size, 3), 255, np.uint8)
     cell_rows, cell_cols = cell_of(frame["x"], frame["y"])
-    for row, col, patch in zip(cell_rows - grid.row0, cell_cols - grid.col0, patches, strict=True):
-        top, left = row * PATCH_SIZE, col * PATCH_SIZE
-        canvas[top : top + PATCH_SIZE, left : left + PATCH_SIZE] = patch
+    for row, col, patch in zip(cell_rows - grid.row0, cell_cols - grid.col0, small, strict=True):
+        canvas[row * size : (row + 1) * size, col * size : (col + 1) * size] = patch
     return canvas
 
 

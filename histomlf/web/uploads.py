@@ -9,7 +9,8 @@ Pure (no web framework, no MLflow): the app hands over `(name, bytes)` pairs, re
   and the pathologist's label). The archive's directory is checked before any member is read:
   entry count, total uncompressed size, compression ratio, no absolute or `..` paths, no links,
   no encryption. A failed check refuses the whole zip (`UploadError`, 413 for sizes, 400 for
-  the rest); members are then read one at a time, in memory, never extracted to disk.
+  the rest); members are then read one at a time, in memory, never extracted to disk. The
+  patches' positions must fit one slide (`Limits.slide_cells`), so the map stays small.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+from histomlf.data.patches import PATCH_SIZE
 from histomlf.data.scan import LITTER_NAMES, NAME_PATTERN, PATCH_NAME
 from histomlf.serving.inputs import InvalidPatchInput, patch_from_bytes
 from histomlf.web.limits import MB, Limits
@@ -153,6 +155,9 @@ def read_patient_zip(
                 errors.append(FileError(str(path), f"not a Kaggle patch name ({NAME_PATTERN})"))
                 continue
             pid, x, y, label = match[1], int(match[2]), int(match[3]), int(match[4])
+            if x < 1 or y < 1:
+                errors.append(FileError(str(path), "positions are 1-based: x and y must be >= 1"))
+                continue
             folder = path.parent.name
             if folder in ("0", "1") and int(folder) != label:
                 errors.append(FileError(str(path), f"in folder {folder} but named class{label}"))
@@ -185,6 +190,13 @@ def read_patient_zip(
         shown = ", ".join(patients[:5]) + (", ..." if len(patients) > 5 else "")
         raise UploadError(
             f"one patient per zip: found {len(patients)} ({shown}); zip one patient's folder",
+            errors=errors,
+        )
+    span = [(frame[axis].max() - frame[axis].min()) // PATCH_SIZE + 1 for axis in ("x", "y")]
+    if max(span) > limits.slide_cells:
+        raise UploadError(
+            f"the patches' positions span {span[0]:,} x {span[1]:,} cells of 50 px, more than "
+            f"{limits.slide_cells:,} per side: not one slide",
             errors=errors,
         )
     return PatientFiles(patients[0], frame, _stack(patches), errors, skipped)
