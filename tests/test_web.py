@@ -141,6 +141,16 @@ def test_a_patient_zip_names_each_unusable_member(idc_sample: Path) -> None:
     assert len(files.rows) == len(patient_members(idc_sample))
 
 
+def _encrypted_zip() -> bytes:
+    """A zip whose one entry is flagged encrypted (bit 0 of the general purpose flags, set in
+    the local header and the central directory; zipfile cannot write encryption itself)."""
+    data = bytearray(zip_of({"p/secret.png": b"x"}))
+    central = data.index(b"PK\x01\x02")
+    for offset in (6, central + 8):
+        data[offset] |= 0x1
+    return bytes(data)
+
+
 def _symlink_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -159,11 +169,13 @@ def _symlink_zip() -> bytes:
         (lambda: zip_of({"/etc/a.png": b"x"}), 400, "absolute path"),
         (lambda: zip_of({"p/../../a.png": b"x"}), 400, "leaving its folder"),
         (_symlink_zip, 400, "symbolic link"),
+        (_encrypted_zip, 400, "encrypted entry"),
         (lambda: zip_of({"p/zeros.png": bytes(20_000_000)}, compression=zipfile.ZIP_DEFLATED),
          400, "zip bomb"),
         (lambda: zip_of({"p/readme.txt": b"hello"}), 400, "no usable patch"),
     ],
-    ids=["not-zip", "entries", "bytes", "absolute", "dotdot", "symlink", "ratio", "nothing"],
+    ids=["not-zip", "entries", "bytes", "absolute", "dotdot", "symlink", "encrypted", "ratio",
+         "nothing"],
 )
 def test_a_zip_is_refused_from_its_directory(make, status: int, phrase: str) -> None:
     from histomlf.web.limits import Limits
@@ -339,7 +351,7 @@ def test_about_puts_unseen_patient_scores_next_to_the_original_study(
 
 @pytest.mark.slow
 def test_patches_are_scored_as_the_pyfunc_scores_them_and_bad_ones_named(
-    client, reference, idc_sample: Path
+    client, scorer, reference, idc_sample: Path
 ) -> None:
     good = sample_patches(idc_sample, full=6, border=3)
     data = [p.read_bytes() for p in good]
@@ -372,6 +384,11 @@ def test_patches_are_scored_as_the_pyfunc_scores_them_and_bad_ones_named(
         assert row["label"] == int(row["probability"] >= threshold)
     assert {e["file"] for e in api["errors"]} == set(bad)
     assert api["model"]["name"] == "idc-study" and "champion" in api["model"]["aliases"]
+
+    # scored in chunks of 4 (below the model's max_images): the same probabilities
+    chunked = make_client(scorer, chunk=4).post("/api/predict", files=upload).json()
+    assert [p["probability"] for p in chunked["predictions"]] == pytest.approx(
+        [p["probability"] for p in api["predictions"]], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -506,6 +523,8 @@ def test_the_openapi_page_describes_the_json_api(client) -> None:
     assert {"200", "400", "413"} <= set(answers)
     assert client.get("/docs").status_code == 200
     assert client.get("/api/model").json()["name"] == "idc-study"
+    assert client.get("/health").json() == {"status": "ok", "model": MODEL}
+    assert client.get("/favicon.ico").status_code == 204
 
 
 # ----------------------------------------------------------------- a real browser
