@@ -18,6 +18,7 @@ from histomlf.cli.report import report
 from histomlf.cli.server import server
 from histomlf.cli.train import train
 from histomlf.cli.tune import tune
+from histomlf.cli.web import web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,4 +37,5 @@ main.add_command(registry)
 main.add_command(tune)
 main.add_command(server)
 main.add_command(report)
+main.add_command(web)
 data.add_command(push)

@@ -12,6 +12,7 @@ from histomlf.serving.inputs import (
     encode_png_base64,
     images_from_arrays,
     images_from_base64,
+    patch_from_bytes,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "encode_png_base64",
     "images_from_arrays",
     "images_from_base64",
+    "patch_from_bytes",
 ]

@@ -3,7 +3,9 @@
 Two request shapes become the same `[N, 50, 50, 3]` uint8 batch:
 
 - `images_from_base64`: base64 strings of PNG/JPEG bytes (the HTTP API);
-- `images_from_arrays`: HxWx3 uint8 arrays (the Python API).
+- `images_from_arrays`: HxWx3 uint8 arrays (the Python API);
+
+and `patch_from_bytes` turns one uploaded file (the web page) into one patch by the same checks.
 
 Both pad border patches exactly as training does (`histomlf.data.patches.pad_to_patch`, white on
 the bottom/right). Every check that can run without decoding pixels runs first, cheapest first:
@@ -131,6 +133,31 @@ def _decode_row(index: int, value: Any, *, max_bytes: int, max_pixels: int) -> n
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
         raise refuse(f"not valid base64 ({error})") from error
+    return _decode_bytes(data, max_bytes=max_bytes, max_pixels=max_pixels, refuse=refuse)
+
+
+def patch_from_bytes(
+    data: bytes,
+    *,
+    name: str = "image",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode one uploaded PNG/JPEG file into a padded 50x50x3 uint8 patch.
+
+    The same checks, in the same order, as a base64 row (size, magic bytes, declared size, then
+    decoding); an `InvalidPatchInput` names the file (`name`) and the reason.
+    """
+
+    def refuse(reason: str) -> InvalidPatchInput:
+        return InvalidPatchInput(f"{name}: {reason}")
+
+    if not data:
+        raise refuse("empty file, expected PNG/JPEG bytes")
+    return _decode_bytes(data, max_bytes=max_bytes, max_pixels=max_pixels, refuse=refuse)
+
+
+def _decode_bytes(data: bytes, *, max_bytes: int, max_pixels: int, refuse: Any) -> np.ndarray:
     if len(data) > max_bytes:
         raise refuse(f"image too large: {len(data)} bytes > {max_bytes} allowed")
     if image_kind(data) is None:

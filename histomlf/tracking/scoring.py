@@ -57,6 +57,14 @@ def model_threshold(model: Any) -> float:
     return float(model.unwrap_python_model().threshold)
 
 
+def request_limits(model: Any) -> dict[str, int]:
+    """The request limits a loaded histomlf pyfunc enforces (`max_images`, `max_bytes`,
+    `max_pixels`), so another front end (the web page) applies the same ones."""
+    python_model = model.unwrap_python_model()
+    return {key: int(getattr(python_model, key)) for key in ("max_images", "max_bytes",
+                                                            "max_pixels")}
+
+
 def source_run_split(model_uri: str, target_dir: Path) -> Path | None:
     """The patient split file logged by the run that produced `model_uri`, if any."""
     try:

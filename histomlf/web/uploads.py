@@ -1,0 +1,212 @@
+"""Uploaded files in, patches out: each bad file gets its own message, the good ones go on.
+
+Pure (no web framework, no MLflow): the app hands over `(name, bytes)` pairs, read in memory.
+
+- `decode_files`: PNG/JPEG patches, each through `histomlf.serving.patch_from_bytes` (the
+  served model's own checks: size, magic bytes, declared size, decoding).
+- `read_patient_zip`: one patient's folder as a zip, in the Kaggle layout (`<pid>/<0|1>/...`,
+  with or without a top folder) or flat, with Kaggle file names (which carry the slide position
+  and the pathologist's label). The archive's directory is checked before any member is read:
+  entry count, total uncompressed size, compression ratio, no absolute or `..` paths, no links,
+  no encryption. A failed check refuses the whole zip (`UploadError`, 413 for sizes, 400 for
+  the rest); members are then read one at a time, in memory, never extracted to disk. The
+  patches' positions must fit one slide (`Limits.slide_cells`), so the map stays small.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from histomlf.data.patches import PATCH_SIZE
+from histomlf.data.scan import LITTER_NAMES, NAME_PATTERN, PATCH_NAME
+from histomlf.serving.inputs import InvalidPatchInput, patch_from_bytes
+from histomlf.web.limits import MB, Limits
+
+# Members this small pass the ratio check whatever their ratio: a bomb needs size.
+RATIO_FLOOR_BYTES = 64 * 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class UploadError(ValueError):
+    """The upload as a whole is refused; `status` is the HTTP code, `errors` per-file notes."""
+
+    def __init__(self, message: str, status: int = 400, errors: Iterable[FileError] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.errors = list(errors)
+
+
+@dataclass(frozen=True)
+class FileError:
+    """One file that was not scored, and why."""
+
+    file: str
+    message: str
+
+
+@dataclass
+class Decoded:
+    """The usable files' names and patches `[N, 50, 50, 3]` uint8, and the refused files."""
+
+    names: list[str]
+    patches: np.ndarray
+    errors: list[FileError] = field(default_factory=list)
+
+
+@dataclass
+class PatientFiles:
+    """One patient's usable patches with their positions and labels, and the refused files.
+
+    `rows` has `file, patient_id, x, y, label` (label from the file name), one per patch.
+    """
+
+    patient_id: str
+    rows: pd.DataFrame
+    patches: np.ndarray
+    errors: list[FileError] = field(default_factory=list)
+    skipped: int = 0
+    """Litter entries (`__MACOSX/`, `.DS_Store`...) passed over without a message."""
+
+
+def decode_files(
+    uploads: Iterable[tuple[str, bytes]], *, max_bytes: int, max_pixels: int
+) -> Decoded:
+    """Decode each `(name, bytes)`; a file that fails is a `FileError`, the others a batch."""
+    names, patches, errors = [], [], []
+    for name, data in uploads:
+        try:
+            patches.append(
+                patch_from_bytes(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels)
+            )
+        except InvalidPatchInput as error:
+            errors.append(FileError(name, _reason(error, name)))
+            continue
+        names.append(name)
+    return Decoded(names, _stack(patches), errors)
+
+
+def check_zip(archive: zipfile.ZipFile, limits: Limits) -> list[zipfile.ZipInfo]:
+    """The archive's file entries after the directory checks (see the module docstring)."""
+    entries = archive.infolist()
+    if len(entries) > limits.zip_members:
+        raise UploadError(
+            f"the zip holds {len(entries):,} entries, more than the {limits.zip_members:,} "
+            "allowed: send one patient's folder",
+            status=413,
+        )
+    total = sum(entry.file_size for entry in entries)
+    if total > limits.zip_bytes:
+        raise UploadError(
+            f"the zip unpacks to {total:,} bytes, more than the {limits.zip_bytes // MB} MB "
+            "allowed: send one patient's folder",
+            status=413,
+        )
+    files = []
+    for entry in entries:
+        name = entry.filename
+        parts = re.split(r"[/\\]", name)
+        if name.startswith(("/", "\\")) or _DRIVE.match(name):
+            raise UploadError(f"the zip holds an absolute path ({name!r}): refused")
+        if ".." in parts:
+            raise UploadError(f"the zip holds a path leaving its folder ({name!r}): refused")
+        if stat.S_ISLNK(entry.external_attr >> 16):
+            raise UploadError(f"the zip holds a symbolic link ({name!r}): refused")
+        if entry.flag_bits & 0x1:
+            raise UploadError(f"the zip holds an encrypted entry ({name!r}): refused")
+        ratio = entry.file_size / max(entry.compress_size, 1)
+        if entry.file_size > RATIO_FLOOR_BYTES and ratio > limits.zip_ratio:
+            raise UploadError(
+                f"zip entry {name!r} expands {ratio:,.0f}x (limit {limits.zip_ratio:g}x): "
+                "a zip bomb? refused"
+            )
+        if not entry.is_dir():
+            files.append(entry)
+    return files
+
+
+def read_patient_zip(
+    data: bytes, limits: Limits, *, max_bytes: int, max_pixels: int
+) -> PatientFiles:
+    """One patient's patches from a zip (checked first); `UploadError` if none is usable."""
+    try:
+        archive = zipfile.ZipFile(BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as error:
+        raise UploadError(f"not a readable zip archive ({error})") from None
+    with archive:
+        entries = check_zip(archive, limits)
+        rows, patches, errors, skipped = [], [], [], 0
+        seen: dict[tuple[int, int], str] = {}
+        for entry in entries:
+            path = PurePosixPath(entry.filename.replace("\\", "/"))
+            if any(part in LITTER_NAMES or part.startswith(".") for part in path.parts):
+                skipped += 1
+                continue
+            match = PATCH_NAME.match(path.name)
+            if match is None:
+                errors.append(FileError(str(path), f"not a Kaggle patch name ({NAME_PATTERN})"))
+                continue
+            pid, x, y, label = match[1], int(match[2]), int(match[3]), int(match[4])
+            if x < 1 or y < 1:
+                errors.append(FileError(str(path), "positions are 1-based: x and y must be >= 1"))
+                continue
+            folder = path.parent.name
+            if folder in ("0", "1") and int(folder) != label:
+                errors.append(FileError(str(path), f"in folder {folder} but named class{label}"))
+                continue
+            if (x, y) in seen:
+                errors.append(FileError(str(path), f"same position as {seen[(x, y)]}: skipped"))
+                continue
+            try:
+                with archive.open(entry) as member:
+                    raw = member.read(max_bytes + 1)
+                patch = patch_from_bytes(
+                    raw, name=path.name, max_bytes=max_bytes, max_pixels=max_pixels
+                )
+            except InvalidPatchInput as error:
+                errors.append(FileError(str(path), _reason(error, path.name)))
+                continue
+            except (zipfile.BadZipFile, OSError, EOFError) as error:
+                errors.append(FileError(str(path), f"corrupt zip entry: {error}"))
+                continue
+            seen[(x, y)] = path.name
+            rows.append({"file": path.name, "patient_id": pid, "x": x, "y": y, "label": label})
+            patches.append(patch)
+    if not rows:
+        raise UploadError(
+            f"no usable patch in the zip (expected files named {NAME_PATTERN})", errors=errors
+        )
+    frame = pd.DataFrame(rows)
+    patients = sorted(frame["patient_id"].unique())
+    if len(patients) > 1:
+        shown = ", ".join(patients[:5]) + (", ..." if len(patients) > 5 else "")
+        raise UploadError(
+            f"one patient per zip: found {len(patients)} ({shown}); zip one patient's folder",
+            errors=errors,
+        )
+    span = [(frame[axis].max() - frame[axis].min()) // PATCH_SIZE + 1 for axis in ("x", "y")]
+    if max(span) > limits.slide_cells:
+        raise UploadError(
+            f"the patches' positions span {span[0]:,} x {span[1]:,} cells of 50 px, more than "
+            f"{limits.slide_cells:,} per side: not one slide",
+            errors=errors,
+        )
+    return PatientFiles(patients[0], frame, _stack(patches), errors, skipped)
+
+
+def _stack(patches: list[np.ndarray]) -> np.ndarray:
+    return np.stack(patches) if patches else np.zeros((0, 50, 50, 3), np.uint8)
+
+
+def _reason(error: InvalidPatchInput, name: str) -> str:
+    """The message without the file name it starts with (the page shows the name apart)."""
+    text = str(error)
+    return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
