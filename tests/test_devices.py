@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from histomlf.config import TrainConfig
 from histomlf.training.devices import replicas, training_strategy
-from histomlf.training.workflow import prepare_data, train
+from histomlf.training.workflow import prepare_data, train_and_score
 
 tf.config.list_physical_devices()
 sample, work = sys.argv[1], Path(sys.argv[2])
@@ -36,13 +36,13 @@ base = TrainConfig(data_dir=sample, max_samples=max_samples, epochs=epochs, batc
 data = prepare_data(base.replace(devices="2"))  # as `histomlf train --devices 2` does
 result = {}
 for devices in ("2", "cpu"):
-    outcome = train(base.replace(devices=devices), work_dir=work / devices, data=data)
+    outcome = train_and_score(base.replace(devices=devices), work_dir=work / devices, data=data)
     variable = outcome.model.trainable_variables[0].value
     result[devices] = {
         "replicas": replicas(training_strategy(devices)),
         "variable_copies": len(getattr(variable, "values", (variable,))),
         "epochs_run": outcome.fit.epochs_run,
-        "test_roc_auc": outcome.test.metrics["roc_auc"],
+        "test_roc_auc": outcome.evaluation.splits["test"].metrics["roc_auc"],
         "seconds_fit": outcome.seconds["fit"],
     }
 result["logical_cpus"] = len(tf.config.list_logical_devices("CPU"))
