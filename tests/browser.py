@@ -45,3 +45,21 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, page: Any = 
 
 def body_text(page: Any) -> str:
     return page.find_element("tag name", "body").text
+
+
+# Scroll the window and every scrollable box a step: virtualised tables (MLflow's compare
+# view) only render the rows near the viewport.
+SCROLL_STEP = """
+window.scrollBy(0, 300);
+for (const e of document.querySelectorAll('*')) {
+  if (e.scrollHeight > e.clientHeight + 40 && getComputedStyle(e).overflowY !== 'visible') {
+    e.scrollTop += 300;
+  }
+}
+"""
+
+def scroll_until(page: Any, needle: str, timeout: float) -> None:
+    """Scroll step by step until `needle` is in the page's HTML (virtualised lists)."""
+    wait_until(lambda: needle in page.page_source or page.execute_script(SCROLL_STEP), timeout,
+               needle, page)
+    wait_until(lambda: needle in page.page_source, 5, needle, page)
