@@ -45,19 +45,24 @@ class TmpStore:
 
 @contextlib.contextmanager
 def isolated_tracking() -> Iterator[None]:
-    """Undo process-wide MLflow state on exit: the tracking/registry URIs and their env vars.
+    """Undo process-wide MLflow state on exit: the tracking/registry URIs, their env vars and
+    the active experiment (an in-process recipe's `set_experiment` would otherwise send a later
+    test's runs into another store's experiment id).
 
     `mlflow.set_tracking_uri` also exports `MLFLOW_TRACKING_URI`, so without this one test's
     store would leak into every later test and subprocess.
     """
     import mlflow
+    from mlflow.tracking import fluent
 
     saved = {key: os.environ.get(key) for key in _MLFLOW_ENV}
+    saved_experiment = fluent._active_experiment_id  # set_experiment() keeps it process-wide
     try:
         yield
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+        fluent._active_experiment_id = saved_experiment
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
