@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,15 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         runs.set_tags({"histomlf.kind": "train"})
         if config.experiment == DEMO_EXPERIMENT:
             runs.set_tags({"histomlf.demo": "true"})
+        started = time.perf_counter()
         data = prepare_data(config)
+        data_seconds = time.perf_counter() - started
         artifacts.log_data(data)
         work_dir = resumable_work_dir(config, data)
         artifacts.close_crashed_attempts(work_dir.name, run_id)
         epoch_logger = MlflowEpochLogger()
         outcome = train_and_score(config, work_dir=work_dir, callbacks=[epoch_logger], data=data)
+        outcome.seconds["data"] = data_seconds  # prepared here, before the recipe's clock
         if outcome.fit.resumed:
             artifacts.backfill_epochs(outcome.fit, epoch_logger.logged_steps)
         artifacts.log_evaluation(
