@@ -62,9 +62,10 @@ def test_a_killed_worker_is_restarted_and_every_trial_finishes(
     tmp_path: Path, idc_sample: Path, shared_cache: Path
 ) -> None:
     client = store(tmp_path)
-    # Two epochs per trial, so a kill after the first epoch lands mid-trial.
+    # Eight epochs per trial, so a kill after the first epoch lands mid-trial even on a quiet
+    # machine (with two, CI saw the trial finish between the poll and the kill).
     args = as_args({"data-dir": str(idc_sample), "max-trials": "3", "workers": "2",
-                    **{**SMOKE, "epochs": "2"}})
+                    **{**SMOKE, "epochs": "8"}})
     log_path = tmp_path / "chief.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(tune_command(["-e", "tune_smoke", *args]),
