@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_mlflow import isolated_tracking
 
 STUDY_EXPERIMENT = "study"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,25 +74,20 @@ class Chromium:
 @contextlib.contextmanager
 def tracking_env(**values: str) -> Iterator[None]:
     """Set MLflow/histomlf environment variables for a block (MLFLOW_RUN_ID cleared), then
-    restore them and MLflow's process-wide state (tracking URI, active experiment)."""
-    import mlflow
-    import mlflow.tracking.fluent as fluent
-
+    restore them and MLflow's process-wide state (`isolated_tracking`: tracking URI, active
+    experiment)."""
     saved = {key: os.environ.get(key) for key in {*_ENV_KEYS, *values}}
-    saved_experiment = fluent._active_experiment_id  # set_experiment() keeps it process-wide
-    try:
-        os.environ.pop("MLFLOW_RUN_ID", None)
-        os.environ.update(values)
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        fluent._active_experiment_id = saved_experiment
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with isolated_tracking():
+        try:
+            os.environ.pop("MLFLOW_RUN_ID", None)
+            os.environ.update(values)
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def invoke_cli(*args: str, expect_exit: int = 0) -> Any:

@@ -47,7 +47,7 @@ def explain_model(
     if patches_per_kind < 0:
         raise ExplainError(f"--patches must be >= 0, got {patches_per_kind}")
     manifest, _, _ = manifest_for(data)
-    rows = manifest
+    rows, wanted = manifest, None
     if patients is not None:
         wanted = [str(p).strip() for p in patients if str(p).strip()]
         known = set(manifest["patient_id"].astype(str))
@@ -70,6 +70,6 @@ def explain_model(
         threshold,
         out,
         patches_per_kind=patches_per_kind,
-        patient_ids=patients and wanted,
+        patient_ids=wanted,
         smoothgrad=smoothgrad,
     )
