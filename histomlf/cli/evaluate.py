@@ -64,17 +64,31 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
 @click.command()
 @experiment_option
 @click.option("--folds", type=int, default=5, show_default=True, help="number of patient folds")
+@click.option(
+    "--only-folds",
+    default="",
+    help="comma-separated fold numbers (1-based) to train, e.g. 1,2: a screen on a subset of "
+    "the same seeded folds",
+)
 @train_config_options
-def cv(experiment: str, folds: int, **options) -> None:
+def cv(experiment: str, folds: int, only_folds: str, **options) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
+    try:
+        chosen = tuple(int(part) for part in only_folds.split(",") if part.strip())
+    except ValueError:
+        raise click.ClickException(
+            f"--only-folds takes fold numbers like 1,2; got {only_folds!r}"
+        ) from None
+    if not all(1 <= fold <= folds for fold in chosen):
+        raise click.ClickException(f"--only-folds: fold numbers run from 1 to {folds}")
     check_tracking_server()
     config, _ = load_checked_config(experiment, options)
     from histomlf.recipes.cv import cross_validate
 
     try:
-        result = cross_validate(config, folds)
+        result = cross_validate(config, folds, chosen)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):

@@ -36,9 +36,13 @@ def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
+def cross_validate(
+    config: TrainConfig, folds: int, only_folds: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """Train `config` on each of `folds` patient folds, each fold in its own nested run.
 
+    `only_folds` (1-based, as in the fold runs' names) trains just those folds of the same
+    seeded K-fold split: a cheap screen whose folds are a subset of the full protocol's.
     Returns `{"run_id", "summary", "folds"}`: the parent run, mean/sd per metric, and one row
     per fold (run id, seconds, headline test metrics).
     """
@@ -46,9 +50,17 @@ def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
     from histomlf.data.splits import patient_kfold
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
-    with runs.active_run(run_name=f"cv{folds}-{config.model}-{config.experiment}") as parent:
-        runs.log_config(config, extra={"folds": folds})
-        runs.log_resolved_params({"folds": folds})
+    chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
+    if not all(1 <= fold <= folds for fold in chosen):
+        raise ValueError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
+    partial = len(chosen) < folds
+    name = f"cv{folds}-{config.model}-{config.experiment}"
+    if partial:
+        name += f"-folds{''.join(map(str, chosen))}"
+    with runs.active_run(run_name=name) as parent:
+        extra = {"folds": folds, "only_folds": ",".join(map(str, chosen)) if partial else ""}
+        runs.log_config(config, extra=extra)
+        runs.log_resolved_params(extra)
         runs.log_environment()
         runs.set_tags({"histomlf.kind": "cv"})
         data_dir, _ = resolve_data_dir(config)
@@ -58,6 +70,8 @@ def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
         )
         fold_metrics, rows = [], []
         for index, split in enumerate(fold_splits):
+            if index + 1 not in chosen:
+                continue
             with runs.nested_run(
                 f"fold-{index + 1}-of-{folds}",
                 tags={"histomlf.kind": "cv-fold", "histomlf.fold": str(index)},
@@ -74,6 +88,7 @@ def cross_validate(config: TrainConfig, folds: int) -> dict[str, Any]:
                 artifacts.log_evaluation(
                     outcome.evaluation, history=outcome.fit.history, phases=outcome.fit.phases
                 )
+                artifacts.log_seconds(outcome.seconds)
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)
                 rows.append(
