@@ -67,6 +67,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
     tta: str = "none"
+    snapshots: int = 1
     balance: str = "class_weight"
     early_stopping_patience: int = 3
     threshold_policy: str = "youden"
@@ -106,6 +107,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        _check_snapshots(self)
         for name in ("fine_tune_epochs", "fine_tune_layers", "max_samples", "dense_units"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -122,6 +124,31 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_snapshots(config: TrainConfig) -> None:
+    """A snapshot ensemble splits phase 1 into equal cosine cycles and keeps each cycle's end."""
+    if config.snapshots < 1:
+        raise ConfigError(f"snapshots must be >= 1, got {config.snapshots}")
+    if config.snapshots == 1:
+        return
+    needs = {
+        "lr_schedule": (config.lr_schedule == "cosine", "cosine (one cosine cycle per snapshot)"),
+        "epochs": (
+            config.epochs % config.snapshots == 0,
+            f"a multiple of snapshots={config.snapshots} (equal cycles)",
+        ),
+        "fine_tune_epochs": (config.fine_tune_epochs == 0, "0 (snapshots are taken in phase 1)"),
+        "early_stopping_patience": (
+            config.early_stopping_patience == 0,
+            "0 (every cycle runs to its end)",
+        ),
+    }
+    for key, (ok, wanted) in needs.items():
+        if not ok:
+            raise ConfigError(
+                f"snapshots={config.snapshots} needs {key} = {wanted}; got {getattr(config, key)}"
+            )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:

@@ -17,7 +17,12 @@ from histomlf.data.augment import augment_batch, mixup_batch, mixup_weights
 from histomlf.data.pipeline import make_dataset
 from histomlf.explain.gradcam import GradCam
 from histomlf.models import create_model
-from histomlf.training.fit import compile_model, make_optimizer, regularisation
+from histomlf.training.fit import (
+    compile_model,
+    make_optimizer,
+    phase_learning_rate,
+    regularisation,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +37,13 @@ from histomlf.training.fit import compile_model, make_optimizer, regularisation
         ({"tta": "d4"}, "tta must be one of none, dihedral8; got 'd4'"),
         ({"augment": "strongest"}, "augment must be one of none, light, strong, stronger; got"),
         ({"model": "vgg51px"}, "model must be one of "),
+        ({"snapshots": 0}, "snapshots must be >= 1, got 0"),
+        ({"snapshots": 3, "epochs": 10, "lr_schedule": "cosine", "early_stopping_patience": 0},
+         "snapshots=3 needs epochs = a multiple of snapshots=3 (equal cycles); got 10"),
+        ({"snapshots": 2, "epochs": 10, "early_stopping_patience": 0},
+         "snapshots=2 needs lr_schedule = cosine (one cosine cycle per snapshot); got constant"),
+        ({"snapshots": 2, "epochs": 10, "lr_schedule": "cosine"},
+         "snapshots=2 needs early_stopping_patience = 0 (every cycle runs to its end); got 3"),
     ],
 )
 def test_each_option_refuses_a_bad_value_in_one_line(changes: dict, message: str) -> None:
@@ -120,6 +132,47 @@ def test_stronger_stain_jitter_moves_colours_more_than_strong(idc_sample: Path) 
     }
     assert augment_batch(images, seed, "stronger").dtype == tf.uint8
     assert 0 < change["strong"] and change["stronger"] > 2 * change["strong"]
+
+
+def test_snapshot_cycles_restart_the_cosine_at_the_full_rate() -> None:
+    rate = phase_learning_rate(0.01, "cosine", epochs=4, steps_per_epoch=10, cycles=2)
+    at = {step: float(rate(step)) for step in (0, 10, 19, 20, 30, 39)}
+    assert at[0] == pytest.approx(0.01) and at[20] == pytest.approx(0.01)
+    assert at[19] < 0.001 and at[39] < 0.001 and at[10] == pytest.approx(at[30])
+    single = phase_learning_rate(0.01, "cosine", epochs=4, steps_per_epoch=10)
+    assert float(single(20)) < 0.01
+
+
+def test_snapshot_ensemble_serves_the_mean_of_the_cycle_end_models(
+    tmp_path: Path, idc_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny in-process fit with 2 one-epoch cycles: two different snapshots, one Keras model
+    whose probability is their mean, explained by Grad-CAM like any histomlf model."""
+    from histomlf.explain.averaged import explainer_for
+    from histomlf.training.workflow import build_model, train_and_score
+
+    monkeypatch.setenv("HISTOMLF_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(
+        epochs=2, snapshots=2, lr_schedule="cosine", early_stopping_patience=0, batch_size=32,
+        dense_units=8, max_samples=200, explain=False, data_dir=str(idc_sample),
+    )  # fmt: skip
+    outcome = train_and_score(config, work_dir=tmp_path / "work")
+    first, second = outcome.fit.snapshot_weights
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert outcome.model.name == "snapshots2"
+    assert not (tmp_path / "work" / "snapshots").exists()
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, (12, 50, 50, 3)).astype(np.float32)
+    members = []
+    for weights in (first, second):
+        member = build_model(config)
+        member.set_weights(weights)
+        members.append(member.predict(batch, verbose=0))
+    ensemble = outcome.model.predict(batch, verbose=0)
+    np.testing.assert_allclose(ensemble, np.mean(members, axis=0), rtol=0, atol=1e-6)
+    assert 0.0 <= outcome.metrics()["test_roc_auc"] <= 1.0
+    heatmaps = explainer_for(outcome.model)(batch[:2])
+    assert heatmaps.shape == (2, 50, 50) and np.isfinite(heatmaps).all()
 
 
 def test_vgg50px_is_cpu_sized_explainable_and_trains_a_step() -> None:

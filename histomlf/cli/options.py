@@ -39,6 +39,8 @@ HELP = {
     "weight_decay": "decoupled weight decay per step x learning rate (0: optimizer default, "
     "none except adamw's 0.004)",
     "tta": "none | dihedral8 (score the mean over the 8 flips/rotations; served model too)",
+    "snapshots": "snapshot ensemble: N > 1 splits the epochs into N cosine cycles (warm "
+    "restarts) and serves the mean of the N cycle-end models as one model (1: off)",
     "balance": "class_weight | undersample | none (training split only)",
     "early_stopping_patience": "epochs without val ROC-AUC gain before stopping (0: off)",
     "threshold_policy": "youden | best_f1 | sensitivity:<x> | fixed:<t>, chosen on val",

@@ -36,6 +36,32 @@ class EpochHistoryRecorder(keras.callbacks.Callback):
             handle.write(json.dumps(row) + "\n")
 
 
+class SnapshotSaver(keras.callbacks.Callback):
+    """Save the weights at the end of every `every`-th epoch (a cosine cycle's end) to
+    `folder/snapshot-<epoch>.weights.h5`, so a resumed fit keeps the snapshots taken before."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.every = every
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.model.save_weights(self.folder / f"snapshot-{epoch + 1:05d}.weights.h5")
+
+    @staticmethod
+    def load(folder: Path, model: keras.Model) -> tuple[list[Any], ...]:
+        """Every saved snapshot's weights, oldest first; `model` is left as it was."""
+        current = model.get_weights()
+        snapshots = []
+        for path in sorted(Path(folder).glob("snapshot-*.weights.h5")):
+            model.load_weights(path)
+            snapshots.append(model.get_weights())
+        model.set_weights(current)
+        return tuple(snapshots)
+
+
 def read_history(path: Path) -> tuple[list[int], list[int], dict[str, list[float]]]:
     """`(epochs, phases, metric -> values)` from an `EpochHistoryRecorder` file.
 

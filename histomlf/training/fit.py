@@ -32,7 +32,12 @@ import tensorflow as tf
 
 from histomlf.config import TrainConfig
 from histomlf.models.heads import BACKBONE_NAME
-from histomlf.training.callbacks import EpochHistoryRecorder, ThroughputMeter, read_history
+from histomlf.training.callbacks import (
+    EpochHistoryRecorder,
+    SnapshotSaver,
+    ThroughputMeter,
+    read_history,
+)
 
 MONITOR = "val_roc_auc"
 HISTORY_KEYS = ("loss", "accuracy", "roc_auc", "pr_auc", "precision", "recall")
@@ -64,6 +69,8 @@ class FitResult:
     train_seconds: float
     images_per_second: float
     resumed: bool
+    # Snapshot ensembles (`config.snapshots` > 1): the weights at the end of each cosine cycle.
+    snapshot_weights: tuple[list[Any], ...] = ()
 
     def phase_epochs(self, phase: int) -> list[int]:
         return [epoch for epoch, p in zip(self.epochs, self.phases, strict=True) if p == phase]
@@ -116,15 +123,29 @@ def training_metrics() -> list[keras.metrics.Metric]:
 
 
 def phase_learning_rate(
-    learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int | None
+    learning_rate: float,
+    schedule: str,
+    epochs: int,
+    steps_per_epoch: int | None,
+    cycles: int = 1,
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A constant rate, or a cosine decay over the phase's steps down to 5 % of it.
 
     Cosine decay settles the weights at the end of short CPU runs, where a constant rate left
-    validation scores jumping from epoch to epoch.
+    validation scores jumping from epoch to epoch. `cycles` > 1 restarts the decay at full
+    rate that many times in equal cycles (SGDR, Loshchilov & Hutter 2017): the snapshot
+    ensemble's schedule.
     """
     if schedule == "constant" or not steps_per_epoch or epochs <= 0:
         return learning_rate
+    if schedule == "cosine" and cycles > 1:
+        return keras.optimizers.schedules.CosineDecayRestarts(
+            learning_rate,
+            first_decay_steps=epochs // cycles * steps_per_epoch,
+            t_mul=1.0,
+            m_mul=1.0,
+            alpha=0.05,
+        )
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.05
@@ -233,6 +254,7 @@ def fit(
     history_path = work_dir / HISTORY_FILE
     phase1_state = work_dir / _PHASE1_STATE
     backup_root = work_dir / "backup"
+    snapshot_dir = work_dir / "snapshots"
     resumed = phase1_state.is_file() or (backup_root / "phase1").exists()
     if not resumed:
         history_path.unlink(missing_ok=True)
@@ -246,6 +268,9 @@ def fit(
             EpochHistoryRecorder(history_path, phase),
             meter,
         ]
+        if phase == 1 and config.snapshots > 1:
+            cycle = config.epochs // config.snapshots
+            phase_callbacks.append(SnapshotSaver(snapshot_dir, every=cycle))
         if val_ds is not None and config.early_stopping_patience > 0:
             phase_callbacks.append(
                 keras.callbacks.EarlyStopping(
@@ -275,7 +300,11 @@ def fit(
     else:
         set_backbone_trainable(model, not uses_pretrained_weights(config))
         rate = phase_learning_rate(
-            config.learning_rate, config.lr_schedule, config.epochs - initial_epoch, steps_per_epoch
+            config.learning_rate,
+            config.lr_schedule,
+            config.epochs - initial_epoch,
+            steps_per_epoch,
+            cycles=config.snapshots,
         )
         compile_model(model, config.optimizer, rate, **regularisation(config))
         run_phase(1, config.epochs, initial_epoch)
@@ -296,6 +325,8 @@ def fit(
         run_phase(2, phase1_epochs + config.fine_tune_epochs, phase1_epochs)
 
     wall_seconds = time.perf_counter() - started
+    snapshot_weights = SnapshotSaver.load(snapshot_dir, model) if config.snapshots > 1 else ()
+    shutil.rmtree(snapshot_dir, ignore_errors=True)
     for leftover in (phase1_state, work_dir / _PHASE1_WEIGHTS):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(backup_root, ignore_errors=True)
@@ -315,6 +346,7 @@ def fit(
         train_seconds=meter.seconds,
         images_per_second=images / meter.seconds if meter.seconds > 0 else float("nan"),
         resumed=resumed,
+        snapshot_weights=snapshot_weights,
     )
 
 

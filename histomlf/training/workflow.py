@@ -187,11 +187,25 @@ def build_model(config: TrainConfig) -> Any:
     )
 
 
-def inference_model(model: Any, config: TrainConfig) -> Any:
-    """What a fitted `model` is scored and logged as: itself, or with `config.tta` around it
-    (one Keras model averaging the 8 dihedral views, see `histomlf.models.averaging`)."""
-    from histomlf.models.averaging import with_tta
+def inference_model(model: Any, config: TrainConfig, fit_result: Any = None) -> Any:
+    """What a fitted `model` is scored and logged as: itself, the mean of its snapshots
+    (`config.snapshots` > 1: one member per cycle end, rebuilt from `fit_result`), and with
+    `config.tta` around either (one Keras model averaging the 8 dihedral views); see
+    `histomlf.models.averaging`."""
+    from histomlf.models.averaging import average_members, with_tta
 
+    snapshots = fit_result.snapshot_weights if fit_result is not None else ()
+    if config.snapshots > 1 and len(snapshots) != config.snapshots:
+        raise RuntimeError(
+            f"snapshots={config.snapshots} but the fit saved {len(snapshots)} snapshot(s)"
+        )
+    if config.snapshots > 1:
+        members = []
+        for weights in snapshots:
+            member = build_model(config)
+            member.set_weights(weights)
+            members.append(member)
+        model = average_members(members, name=f"snapshots{config.snapshots}")
     return with_tta(model, config.tta)
 
 
@@ -308,7 +322,7 @@ def train_and_score(
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(config)
         fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
-    model = inference_model(model, config)
+    model = inference_model(model, config, fit_result)
     fitted = time.perf_counter()
     evaluation = evaluate_model(config, data, model)
     done = time.perf_counter()

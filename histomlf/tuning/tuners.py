@@ -126,6 +126,11 @@ def create_tuner(
             f"devices={config.devices} applies to train and cv; tuning trials run on one "
             "device each: scale a search with --workers (Keras Tuner chief and workers)"
         )
+    if config.snapshots != 1:
+        raise ConfigError(
+            f"snapshots={config.snapshots} applies to train and cv; a tuning trial scores one "
+            "model (Hyperband resumes trials mid-schedule, which would split a cycle)"
+        )
     cls = tuner_class(settings.tuner, mixins)
     _, oracle_args = _TUNERS[settings.tuner]
     tuner = cls(
