@@ -76,6 +76,12 @@ CANDIDATES: dict[str, dict[str, str]] = {
         "label_smoothing": "0.1",
         "weight_decay": "0.0001",
     },
+    "vgg50px-hed-strong-snapshots2": {
+        "model": "vgg50px",
+        "epochs": "20",
+        "augment": "strong",
+        "snapshots": "2",
+    },
     "vgg50px-hed-strong-tta": {
         "model": "vgg50px",
         "epochs": "20",
@@ -302,6 +308,58 @@ def log_baseline(store: Path, experiment_name: str, name: str, stage: str, resul
     return run.info.run_id
 
 
+def rescore_with_tta(
+    store: Path, result: dict[str, Any], manifest: Any, images: np.ndarray
+) -> dict[str, Any]:
+    """The same fold models scored again, plain and with 8-fold dihedral TTA: a paired measure
+    of TTA that no retraining noise blurs. Each fold's threshold is chosen on its validation
+    split with the model scored (plain or TTA), as in training. The plain rescoring must equal
+    the logged fold metrics (checked), which proves the split and decoding match the run's."""
+    import mlflow
+
+    from histomlf.data.splits import apply_split, load_split
+    from histomlf.evaluation.metrics import classification_metrics
+    from histomlf.evaluation.threshold import choose_threshold
+    from histomlf.models.averaging import with_tta
+    from histomlf.models.inference import CompiledPredictor
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    client = mlflow.MlflowClient()
+    labels = manifest["label"].to_numpy()
+    scores: dict[str, list[dict[str, float]]] = {"plain": [], "tta": []}
+    cpu_before, started = time.process_time(), time.perf_counter()
+    for run_id in result["fold_run_ids"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            split = load_split(Path(client.download_artifacts(run_id, "data/split.csv", tmp)))
+        assigned = apply_split(manifest, split)["split"].to_numpy()
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        keras_model = loaded.unwrap_python_model().keras_model
+        for kind, model in (("plain", keras_model), ("tta", with_tta(keras_model, "dihedral8"))):
+            predict = CompiledPredictor(model)
+            val_p = predict(images[assigned == "val"].astype(np.float32))
+            threshold = choose_threshold(labels[assigned == "val"], val_p, "youden")
+            test_p = predict(images[assigned == "test"].astype(np.float32))
+            scores[kind].append(
+                classification_metrics(labels[assigned == "test"], test_p, threshold)
+            )
+    logged = np.asarray(result["per_fold"]["test_roc_auc"])
+    rescored = np.asarray([s["roc_auc"] for s in scores["plain"]])
+    if not np.allclose(logged, rescored, atol=1e-4):
+        raise RuntimeError(f"rescoring does not match the logged ROC-AUC: {rescored} vs {logged}")
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_before
+    return {
+        kind: {
+            "folds": result["folds"],
+            "run_id": result["run_id"],
+            "per_fold": {k: [float(s[k.removeprefix("test_")]) for s in rows] for k in FOLD_KEYS},
+            "fit_seconds": [],
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+        }
+        for kind, rows in scores.items()
+    }
+
+
 def mean_sd(values: list[float]) -> str:
     array = np.asarray(values, dtype=float)
     sd = array.std(ddof=1) if len(array) > 1 else 0.0
@@ -364,6 +422,9 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, help="override every non-baseline candidate's")
     parser.add_argument(
+        "--log-models", action="store_true", help="log every fold's model (for --tta-of)"
+    )
+    parser.add_argument(
         "--baselines",
         default="logistic regression on colour histograms",
         help="comma-separated feature baselines, 'all' or 'none'",
@@ -372,6 +433,11 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="tracking store folder (default: a tmp dir)")
     parser.add_argument("--json", type=Path, help="results file, rewritten after each candidate")
     parser.add_argument("--table", type=Path, help="print the table of an earlier JSON and stop")
+    parser.add_argument(
+        "--tta-of",
+        help="rescore this finished candidate's fold models (from --json and --store) plain "
+        "and with dihedral8 TTA, and add both as rows",
+    )
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.table.read_text())))
@@ -414,7 +480,16 @@ def main() -> None:
             roc = mean_sd(result["per_fold"]["test_roc_auc"])
             print(f"[{time.strftime('%H:%M:%S')}] {name}: ROC-AUC {roc}", flush=True)
 
+        if args.tta_of:
+            manifest, images = rgb_patches(args.data_dir)
+            rescored = rescore_with_tta(store, payload["results"][args.tta_of], manifest, images)
+            record(f"{args.tta_of} (rescored, plain)", rescored["plain"])
+            record(f"{args.tta_of} + tta=dihedral8 (same models)", rescored["tta"])
+            print(table(payload, reference=f"{args.tta_of} (rescored, plain)"))
+            return
         common = {"data_dir": data, "folds": str(args.folds), "seed": str(args.seed)}
+        if args.log_models:
+            common["log_models"] = "true"
         if len(only_folds) < args.folds:
             common["only_folds"] = ",".join(map(str, only_folds))
         if baselines:

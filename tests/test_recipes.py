@@ -85,3 +85,42 @@ def test_train_recipe_returns_what_it_logged_and_gates_the_champion(
                   and p.startswith("images/")}
     assert image_keys == {f"gradcam~{e['kind']}_{e['rank']}" for e in index["gradcam"]}
     assert run.data.metrics["seconds_explain"] > 0
+
+
+def test_cv_screens_chosen_folds_of_the_same_split_and_can_log_their_models(
+    tmp_path: Path, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`only_folds` trains a subset of the seeded K folds (the recipe study's cheap screen): the
+    fold it trains is the full protocol's fold of that number, patients and all."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from histomlf.data.scan import scan_to_cache
+    from histomlf.data.splits import load_split, patient_kfold
+    from histomlf.recipes.cv import cross_validate
+
+    monkeypatch.setenv("HISTOMLF_CACHE", str(tmp_path / "cache"))
+    config = tiny_config(synthetic, explain=False)
+    with tmp_store(tmp_path) as store:
+        result = cross_validate(config, 3, only_folds=(2,), log_models=True)
+        client = MlflowClient(store.tracking_uri)
+        parent = client.get_run(result["run_id"])
+        (child,) = client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+        split_csv = client.download_artifacts(child.info.run_id, "data/split.csv", str(tmp_path))
+        logged = load_split(split_csv)
+        model = mlflow.pyfunc.load_model(f"runs:/{child.info.run_id}/model")
+    with pytest.raises(ValueError, match="only_folds must be fold numbers from 1 to 3"):
+        cross_validate(config, 3, only_folds=(4,))
+
+    assert [row["fold"] for row in result["folds"]] == [1]
+    assert child.info.run_name == "fold-2-of-3" and parent.data.params["only_folds"] == "2"
+    assert parent.info.run_name.endswith("-folds2") and "seconds_fit" in child.data.metrics
+    assert result["summary"]["test_roc_auc_sd"] == 0.0
+    expected = patient_kfold(scan_to_cache(synthetic).manifest, 3, seed=config.seed,
+                             val_fraction=config.val_fraction)[1]  # fmt: skip
+    key = ["patient_id", "split"]
+    rows = [frame.sort_values(key)[key].values.tolist() for frame in (logged, expected)]
+    assert rows[0] == rows[1]
+    assert model.metadata.metadata["model"] == "simplecnn"

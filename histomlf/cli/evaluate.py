@@ -70,8 +70,15 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     help="comma-separated fold numbers (1-based) to train, e.g. 1,2: a screen on a subset of "
     "the same seeded folds",
 )
+@click.option(
+    "--log-models",
+    type=bool,
+    default=False,
+    show_default=True,
+    help="log each fold's model (true/false), e.g. to rescore the folds with TTA later",
+)
 @train_config_options
-def cv(experiment: str, folds: int, only_folds: str, **options) -> None:
+def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
@@ -88,7 +95,7 @@ def cv(experiment: str, folds: int, only_folds: str, **options) -> None:
     from histomlf.recipes.cv import cross_validate
 
     try:
-        result = cross_validate(config, folds, chosen)
+        result = cross_validate(config, folds, chosen, log_models=log_models)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):

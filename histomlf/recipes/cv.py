@@ -37,17 +37,24 @@ def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
 
 
 def cross_validate(
-    config: TrainConfig, folds: int, only_folds: tuple[int, ...] = ()
+    config: TrainConfig,
+    folds: int,
+    only_folds: tuple[int, ...] = (),
+    *,
+    log_models: bool = False,
 ) -> dict[str, Any]:
     """Train `config` on each of `folds` patient folds, each fold in its own nested run.
 
     `only_folds` (1-based, as in the fold runs' names) trains just those folds of the same
     seeded K-fold split: a cheap screen whose folds are a subset of the full protocol's.
+    `log_models` logs each fold's model (as a train run does) for later rescoring; a fold
+    model's scores belong to its own fold's test patients only.
     Returns `{"run_id", "summary", "folds"}`: the parent run, mean/sd per metric, and one row
     per fold (run id, seconds, headline test metrics).
     """
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
+    from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
     chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
@@ -58,7 +65,11 @@ def cross_validate(
     if partial:
         name += f"-folds{''.join(map(str, chosen))}"
     with runs.active_run(run_name=name) as parent:
-        extra = {"folds": folds, "only_folds": ",".join(map(str, chosen)) if partial else ""}
+        extra = {
+            "folds": folds,
+            "only_folds": ",".join(map(str, chosen)) if partial else "",
+            "log_models": log_models,
+        }
         runs.log_config(config, extra=extra)
         runs.log_resolved_params(extra)
         runs.log_environment()
@@ -89,6 +100,16 @@ def cross_validate(
                     outcome.evaluation, history=outcome.fit.history, phases=outcome.fit.phases
                 )
                 artifacts.log_seconds(outcome.seconds)
+                if log_models:
+                    log_patch_classifier(
+                        outcome.model,
+                        threshold=outcome.evaluation.threshold,
+                        metadata={
+                            "model": config.model,
+                            "data_digest": data.data_digest,
+                            "split_digest": data.split_digest,
+                        },
+                    )
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)
                 rows.append(
