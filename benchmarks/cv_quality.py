@@ -88,6 +88,9 @@ CANDIDATES: dict[str, dict[str, str]] = {
         "augment": "strong",
         "tta": "dihedral8",
     },
+    "simplecnn-100px": {"image_size": "100"},
+    "vgg50px-100px": {"model": "vgg50px", "epochs": "20", "image_size": "100"},
+    "wide-head": {"dense_units": "256", "dropout": "0.1"},
     "one-epoch": {"experiment": "smoke", "max_samples": "0", "epochs": "1", "batch_size": "64"},
 }
 BASELINE_CANDIDATES = ("one-epoch",)
