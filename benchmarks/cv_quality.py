@@ -91,6 +91,22 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "simplecnn-100px": {"image_size": "100"},
     "vgg50px-100px": {"model": "vgg50px", "epochs": "20", "image_size": "100"},
     "wide-head": {"dense_units": "256", "dropout": "0.1"},
+    "wide-head-hed-strong": {"dense_units": "256", "dropout": "0.1", "augment": "strong"},
+    "vgg50px-wide-head-hed-strong": {
+        "model": "vgg50px",
+        "epochs": "30",
+        "dense_units": "256",
+        "dropout": "0.1",
+        "augment": "strong",
+    },
+    "vgg50px-wide-head-hed-strong-snapshots3": {
+        "model": "vgg50px",
+        "epochs": "30",
+        "dense_units": "256",
+        "dropout": "0.1",
+        "augment": "strong",
+        "snapshots": "3",
+    },
     "one-epoch": {"experiment": "smoke", "max_samples": "0", "epochs": "1", "batch_size": "64"},
 }
 BASELINE_CANDIDATES = ("one-epoch",)
@@ -375,6 +391,44 @@ def paired(values: list[float], reference: list[float]) -> str:
     return f"{diff.mean():+.3f} ({int((diff > 0).sum())}/{len(diff)} folds up)"
 
 
+def markdown(payload: dict[str, Any], reference: str = "default") -> str:
+    """The table as Markdown for docs/benchmarks.md: ranked by mean ROC-AUC, with the paired
+    per-fold ROC-AUC / balanced-accuracy / F1 differences against `reference`."""
+    results = payload["results"]
+    base = results.get(reference)
+    head = ["candidate", *(LABELS[k] for k in FOLD_KEYS), "fit s/fold", "CPU s", "Δ vs default"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    ranked = sorted(
+        results.items(), key=lambda item: -float(np.mean(item[1]["per_fold"]["test_roc_auc"]))
+    )
+    for name, result in ranked:
+        cells = [mean_sd(result["per_fold"][k]) for k in FOLD_KEYS]
+        fit = f"{np.mean(result['fit_seconds']):.0f}" if result["fit_seconds"] else "–"
+        delta = "–"
+        if base is not None and name != reference and result["folds"] == base["folds"]:
+            delta = " / ".join(
+                f"{np.mean(np.subtract(result['per_fold'][k], base['per_fold'][k])):+.3f}"
+                for k in ("test_roc_auc", "test_balanced_accuracy", "test_f1")
+            )
+        lines.append(
+            f"| {name} (`{result.get('run_id', '')[:8]}`) | " + " | ".join(cells)
+            + f" | {fit} | {result['cpu_seconds']:.0f} | {delta} |"
+        )
+    return "\n".join(lines)
+
+
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """Several results files of the same folds and seed as one payload."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    first = payloads[0]
+    for other in payloads[1:]:
+        same = all(other[k] == first[k] for k in ("data", "folds", "only_folds", "seed"))
+        if not same:
+            raise SystemExit(f"results of other folds or data cannot share a table: {paths}")
+        first["results"].update(other["results"])
+    return first
+
+
 def table(payload: dict[str, Any], reference: str = "default") -> str:
     """The results table: mean ± sd per metric, train/wall/CPU time, paired deltas vs reference."""
     results = payload["results"]
@@ -435,7 +489,10 @@ def main() -> None:
     parser.add_argument("--experiment-name", default="recipe-study")
     parser.add_argument("--store", type=Path, help="tracking store folder (default: a tmp dir)")
     parser.add_argument("--json", type=Path, help="results file, rewritten after each candidate")
-    parser.add_argument("--table", type=Path, help="print the table of an earlier JSON and stop")
+    parser.add_argument(
+        "--table", type=Path, nargs="+", help="print the table of earlier JSON files and stop"
+    )
+    parser.add_argument("--markdown", action="store_true", help="--table as Markdown")
     parser.add_argument(
         "--tta-of",
         help="rescore this finished candidate's fold models (from --json and --store) plain "
@@ -443,7 +500,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        payload = merged(args.table)
+        print(markdown(payload) if args.markdown else table(payload))
         return
     names = list(CANDIDATES) if args.candidates == "all" else args.candidates.split(",")
     unknown = [name for name in names if name and name not in CANDIDATES]
