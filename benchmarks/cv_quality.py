@@ -99,6 +99,12 @@ CANDIDATES: dict[str, dict[str, str]] = {
         "dropout": "0.1",
         "augment": "strong",
     },
+    "wide-head-hed-strong-snapshots3": {
+        "dense_units": "256",
+        "dropout": "0.1",
+        "augment": "strong",
+        "snapshots": "3",
+    },
     "vgg50px-wide-head-hed-strong-snapshots3": {
         "model": "vgg50px",
         "epochs": "30",
@@ -535,7 +541,10 @@ def main() -> None:
 
         def record(name: str, result: dict[str, Any]) -> None:
             payload["results"][name] = result
-            if args.json:
+            if args.json:  # merged with what another process of the same study wrote since
+                if args.json.exists():
+                    on_disk = json.loads(args.json.read_text())
+                    payload["results"] = {**on_disk.get("results", {}), **payload["results"]}
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(payload, indent=2))
             roc = mean_sd(result["per_fold"]["test_roc_auc"])
