@@ -66,6 +66,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "hed-stronger": {"augment": "stronger"},
     "smooth-decay": {"label_smoothing": "0.1", "weight_decay": "0.0001"},
     "mixup": {"mixup": "0.2"},
+    "snapshots3": {"snapshots": "3"},
     "vgg50px": {"model": "vgg50px", "epochs": "20"},
     "vgg50px-hed-strong": {"model": "vgg50px", "epochs": "20", "augment": "strong"},
     "vgg50px-hed-stronger": {"model": "vgg50px", "epochs": "20", "augment": "stronger"},
