@@ -231,3 +231,12 @@ def test_train_recipe_with_several_options_on_logs_a_tta_model(
     batch = np.stack([decode_patch(Path(p).read_bytes()) for p in logged["path"]])
     served = predict_patches(loaded, batch)["probability"].to_numpy()
     np.testing.assert_allclose(served, logged["probability"].to_numpy(), rtol=0, atol=1e-5)
+
+
+def test_tuning_refuses_a_snapshot_ensemble_instead_of_ignoring_it(tmp_path: Path) -> None:
+    from histomlf.tuning.settings import SearchSettings
+    from histomlf.tuning.tuners import create_tuner
+
+    config = TrainConfig(snapshots=2, epochs=4, lr_schedule="cosine", early_stopping_patience=0)
+    with pytest.raises(ConfigError, match="snapshots=2 applies to train and cv"):
+        create_tuner(None, SearchSettings(), config, tmp_path)
