@@ -63,6 +63,7 @@ LABELS = {
 CANDIDATES: dict[str, dict[str, str]] = {
     "default": {},
     "hed-strong": {"augment": "strong"},
+    "hed-strong-60-epochs": {"augment": "strong", "epochs": "60"},
     "hed-stronger": {"augment": "stronger"},
     "smooth-decay": {"label_smoothing": "0.1", "weight_decay": "0.0001"},
     "mixup": {"mixup": "0.2"},
