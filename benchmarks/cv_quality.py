@@ -64,6 +64,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "default": {},
     "hed-strong": {"augment": "strong"},
     "hed-strong-60-epochs": {"augment": "strong", "epochs": "60"},
+    "hed-strong-90-epochs": {"augment": "strong", "epochs": "90"},
     "hed-stronger": {"augment": "stronger"},
     "smooth-decay": {"label_smoothing": "0.1", "weight_decay": "0.0001"},
     "mixup": {"mixup": "0.2"},
@@ -189,6 +190,15 @@ def run_cv(
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
     }
+
+
+def summary(result: dict[str, Any]) -> dict[str, float]:
+    """`<metric>_mean` / `<metric>_sd` over a result's folds, plus its wall `seconds`."""
+    out = {"seconds": result["seconds"]}
+    for key, values in result["per_fold"].items():
+        out[f"{key}_mean"] = float(np.mean(values))
+        out[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return out
 
 
 def rgb_patches(data_dir: Path) -> tuple[Any, np.ndarray]:
