@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, SAMPLE_DIR, cli, row
+from benchmarks.cv_quality import summary
 
 CV_FILE = RESULTS_DIR / "cv_quality.json"
 STUDY_FILE = RESULTS_DIR / "study_cv.json"
@@ -47,8 +48,6 @@ def study_results(run_missing: bool) -> dict[str, Any]:
         cached = {}
     if not run_missing:
         return cached
-    import subprocess
-
     from benchmarks.common import machine
     from benchmarks.cv_quality import run_cv
 
@@ -63,9 +62,9 @@ def study_results(run_missing: bool) -> dict[str, Any]:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="histomlf-study-cv-") as tmp:
             try:
-                metrics = run_cv(Path(tmp), name, params)
-            except subprocess.CalledProcessError as error:
-                payload.setdefault("errors", {})[key] = (error.stderr or "")[-3000:]
+                metrics = summary(run_cv(Path(tmp), "study-cv", name, params, "study"))
+            except RuntimeError as error:  # run_cv's failed `mlflow run`, with its stderr
+                payload.setdefault("errors", {})[key] = str(error)[-3000:]
                 continue
         metrics["seconds"] = time.perf_counter() - started
         payload["results"][key] = {
@@ -81,6 +80,8 @@ def run(quick: bool) -> dict[str, Any]:
     cv = json.loads(CV_FILE.read_text()) if CV_FILE.is_file() else {"results": {}}
     study = study_results(run_missing=False)
     recipes = {**cv["results"], **study.get("results", {})}
+    # cv_quality writes per-fold values since the recipe study; older files hold the summary.
+    recipes = {name: summary(m) if "per_fold" in m else m for name, m in recipes.items()}
     baseline = recipes.get(BASELINE, {}).get("test_roc_auc_mean")
     rows = []
     for name, metrics in recipes.items():

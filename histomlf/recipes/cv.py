@@ -54,6 +54,7 @@ def cross_validate(
     """
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
+    from histomlf.recipes.train import model_metadata
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
@@ -104,11 +105,7 @@ def cross_validate(
                     log_patch_classifier(
                         outcome.model,
                         threshold=outcome.evaluation.threshold,
-                        metadata={
-                            "model": config.model,
-                            "data_digest": data.data_digest,
-                            "split_digest": data.split_digest,
-                        },
+                        metadata=model_metadata(config, data),
                     )
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)

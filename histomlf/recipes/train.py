@@ -67,6 +67,15 @@ def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
     return cache_root() / "work" / hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
+def model_metadata(config: TrainConfig, data: Any) -> dict[str, str]:
+    """What a logged model carries about its training: backbone, data and split digests."""
+    return {
+        "model": config.model,
+        "data_digest": data.data_digest,
+        "split_digest": data.split_digest,
+    }
+
+
 def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]:
     """Train `config` in the active (or a new) MLflow run, log everything, gate the champion.
 
@@ -104,11 +113,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         info = log_patch_classifier(
             outcome.model,
             threshold=outcome.evaluation.threshold,
-            metadata={
-                "model": config.model,
-                "data_digest": data.data_digest,
-                "split_digest": data.split_digest,
-            },
+            metadata=model_metadata(config, data),
         )
         result = {
             "run_id": run_id,
