@@ -196,6 +196,14 @@ def run_cv(
     }
 
 
+# What makes two results files one study: the same data, folds and seed.
+STUDY_KEYS = ("data", "folds", "only_folds", "seed")
+
+
+def same_study(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    return all(one.get(key) == other.get(key) for key in STUDY_KEYS)
+
+
 def summary(result: dict[str, Any]) -> dict[str, float]:
     """`<metric>_mean` / `<metric>_sd` over a result's folds, plus its wall `seconds`."""
     out = {"seconds": result["seconds"]}
@@ -341,9 +349,9 @@ def log_baseline(store: Path, experiment_name: str, name: str, stage: str, resul
             "histomlf.study_stage": stage,
         },
     )
-    for key, values in result["per_fold"].items():
-        client.log_metric(run.info.run_id, f"{key}_mean", float(np.mean(values)))
-        client.log_metric(run.info.run_id, f"{key}_sd", float(np.std(values, ddof=1)))
+    for key, value in summary(result).items():
+        if key != "seconds":
+            client.log_metric(run.info.run_id, key, value)
     client.log_param(run.info.run_id, "folds", ",".join(map(str, result["folds"])))
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -444,8 +452,7 @@ def merged(paths: list[Path]) -> dict[str, Any]:
     payloads = [json.loads(path.read_text()) for path in paths]
     first = payloads[0]
     for other in payloads[1:]:
-        same = all(other[k] == first[k] for k in ("data", "folds", "only_folds", "seed"))
-        if not same:
+        if not same_study(first, other):
             raise SystemExit(f"results of other folds or data cannot share a table: {paths}")
         first["results"].update(other["results"])
     return first
@@ -552,15 +559,15 @@ def main() -> None:
         }
         if args.json and args.json.exists():
             previous = json.loads(args.json.read_text())
-            if all(previous.get(k) == payload[k] for k in ("data", "folds", "only_folds", "seed")):
+            if same_study(previous, payload):
                 payload["results"] = previous["results"]  # add to the same study
 
         def record(name: str, result: dict[str, Any]) -> None:
             payload["results"][name] = result
             if args.json:  # merged with what another process of the same study wrote since
-                if args.json.exists():
-                    on_disk = json.loads(args.json.read_text())
-                    payload["results"] = {**on_disk.get("results", {}), **payload["results"]}
+                on_disk = json.loads(args.json.read_text()) if args.json.exists() else {}
+                if same_study(on_disk, payload):
+                    payload["results"] = {**on_disk["results"], **payload["results"]}
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(payload, indent=2))
             roc = mean_sd(result["per_fold"]["test_roc_auc"])
