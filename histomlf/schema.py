@@ -1,0 +1,78 @@
+"""The run record: every run kind, ``histomlf.*`` tag key and artifact path in one place.
+
+Writers (``recipes/``, ``tracking/``, ``tuning/``) and readers (``report/``, ``web/``) import
+these names instead of typing the strings, so a rename is one edit here and a test
+(``tests/test_schema.py``) ties every writer to its reader. Plain constants: importing this
+module costs nothing (no Keras, no MLflow).
+
+Values are kept verbatim from the stores written before this module existed, so old runs
+still read.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RunKind(str, Enum):
+    """The value of the ``histomlf.kind`` tag: what a run is."""
+
+    TRAIN = "train"
+    TUNE = "tune"
+    TUNE_TRIAL = "tune-trial"
+    TUNE_RESUME = "tune-resume"
+    CV = "cv"
+    CV_FOLD = "cv-fold"
+    CV_FINAL = "cv-final"
+    EVALUATE = "evaluate"
+    REPORT = "report"
+    SLIDE = "slide"
+    SLIDE_BATCH = "slide-batch"
+    SPARK_PREDICT = "spark-predict"
+
+    def __str__(self) -> str:  # so f"{kind}" and MLflow tags write the bare value
+        return self.value
+
+
+PREFIX = "histomlf."
+
+
+class Tag:
+    """Every ``histomlf.*`` run tag key."""
+
+    KIND = "histomlf.kind"
+    DEMO = "histomlf.demo"
+    MODEL_URI = "histomlf.model_uri"
+    MODEL_NAME = "histomlf.model_name"
+    MODEL_VERSION = "histomlf.model_version"
+    DATA_DIGEST = "histomlf.data_digest"
+    SPLIT_DIGEST = "histomlf.split_digest"
+    DATA_SOURCE = "histomlf.data_source"
+    DATA_DIR = "histomlf.data_dir"
+    SPLIT = "histomlf.split"
+    FOLD = "histomlf.fold"
+    WORK_ID = "histomlf.work_id"
+    RESUMED = "histomlf.resumed"
+    RESUMED_BY = "histomlf.resumed_by"
+    DEVICES = "histomlf.devices"
+    GIT_COMMIT = "histomlf.git_commit"
+    GIT_DIRTY = "histomlf.git_dirty"
+    # slides (issue 22)
+    SLIDE_SHA256 = "histomlf.slide_sha256"
+    SLIDE_NAME = "histomlf.slide_name"
+
+
+class SlideArtifact:
+    """File names of one slide's outputs, in its output folder and under its run's artifacts."""
+
+    HEATMAP = "heatmap.png"
+    TISSUE = "tissue.png"
+    TILES_CSV = "tiles.csv"
+    TILES_GEOJSON = "tiles.geojson"
+    IDC_REGIONS_GEOJSON = "idc_regions.geojson"
+    SUMMARY = "summary.json"
+    FOLDER_SUMMARY = "slides.csv"
+
+
+# The probability column of tile tables: WSInfer's ``prob_<class>`` convention.
+PROB_COLUMN = "prob_idc"
