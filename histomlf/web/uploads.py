@@ -148,7 +148,7 @@ def check_zip(archive: zipfile.ZipFile, limits: Limits) -> list[zipfile.ZipInfo]
                 f"zip entry {name!r} expands {ratio:,.0f}x (limit {limits.zip_ratio:g}x): "
                 "a zip bomb? refused"
             )
-        if not entry.is_dir():
+        if not name.endswith("/"):  # ZipInfo.is_dir() raises IndexError on an empty name
             files.append(entry)
     return files
 
@@ -213,7 +213,14 @@ def read_patient_zip(
     except Exception as error:  # noqa: BLE001 - any parse failure is "not a zip", never a 500
         raise UploadError(f"not a readable zip archive ({error})") from None
     with archive:
-        entries = check_zip(archive, limits)
+        try:
+            entries = check_zip(archive, limits)
+        except UploadError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a directory zipfile accepted but odd
+            raise UploadError(
+                f"not a readable zip directory ({type(error).__name__}: {error})"
+            ) from None
         rows, patches, errors, skipped = [], [], [], 0
         seen: dict[tuple[int, int], str] = {}
         unpacked = [0]  # bytes really decompressed so far, all members together
