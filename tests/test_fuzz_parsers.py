@@ -246,7 +246,8 @@ def names(draw: st.DrawFn) -> str:
         return draw(st.text(max_size=80))
     if kind == "digits":  # coordinates of any length, the 4,301-digit int() limit included
         x, y = draw(st.integers(0, 5000)), draw(st.integers(0, 5000))
-        return f"{PATIENT}_idx5_x{'9' * x or '0'}_y{'1' * y or '0'}_class{draw(st.integers(0, 2))}.png"
+        label = draw(st.integers(0, 2))
+        return f"{PATIENT}_idx5_x{'9' * x or '0'}_y{'1' * y or '0'}_class{label}.png"
     chars = list(base)
     for _ in range(draw(st.integers(1, 4))):
         chars[draw(st.integers(0, len(chars) - 1))] = draw(st.characters())
@@ -274,7 +275,8 @@ def _reads_or_refuses(data: bytes) -> None:
 
 
 @fuzz_settings("zip_bytes")
-@given(st.one_of(st.binary(max_size=1024), st.binary(max_size=1024).map(lambda b: b"PK\x03\x04" + b)))
+@given(st.one_of(st.binary(max_size=1024),
+                 st.binary(max_size=1024).map(lambda b: b"PK\x03\x04" + b)))
 def fuzz_any_bytes_as_a_zip(data: bytes) -> None:
     COUNTS["zip_bytes"] += 1
     _reads_or_refuses(data)
