@@ -28,6 +28,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -236,6 +237,23 @@ def test_any_text_as_a_base64_row_decodes_or_is_refused(text: str) -> None:
         images_from_base64([text])
     except InvalidPatchInput:
         pass
+
+
+def test_text_chunks_are_capped_by_the_lowered_pillow_limits() -> None:
+    """250 zTXt chunks of 256 KB zeros in a 74 KB PNG: Pillow's defaults decoded all 65 MB of
+    text (0.2 s of CPU per row); the limits `histomlf.serving.inputs` sets refuse it at 1 MB."""
+    from PIL import PngImagePlugin
+
+    from histomlf.serving.inputs import PNG_TEXT_CHUNK_BYTES, PNG_TEXT_MEMORY_BYTES
+
+    assert PngImagePlugin.MAX_TEXT_CHUNK <= PNG_TEXT_CHUNK_BYTES
+    assert PngImagePlugin.MAX_TEXT_MEMORY <= PNG_TEXT_MEMORY_BYTES
+    chunks = _chunks(PATCHES[0])
+    zeros = zlib.compress(bytes(256 * 1024 - 16), 9)
+    text = [(b"zTXt", b"k%d\0\0" % i + zeros) for i in range(250)]
+    png = b"\x89PNG\r\n\x1a\n" + b"".join(_signed(k, b) for k, b in chunks[:1] + text + chunks[1:])
+    with pytest.raises(InvalidPatchInput, match="MAX_TEXT_MEMORY"):
+        patch_from_bytes(png, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
 
 
 @st.composite
