@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 SCAN_VERSION = 1
 SECOND_TOP_FOLDER = "IDC_regular_ps50_idx5"
-PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$", re.ASCII)
+PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d{1,9})_y(\d{1,9})_class([01])\.png$", re.ASCII)
 PATIENT_FOLDER = re.compile(r"[0-9]+")
 NAME_PATTERN = "<pid>_idx5_x<X>_y<Y>_class<0|1>.png"
 LITTER_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".Spotlight-V100"})
