@@ -253,6 +253,23 @@ def test_a_refused_upload_frees_its_slot() -> None:
         make_app(fake_scorer(), scoring_slots=0)
 
 
+def test_the_cli_option_and_the_about_page_state_the_cap_and_the_missing_login() -> None:
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from histomlf.cli.web import web
+
+    help_text = CliRunner().invoke(web, ["--help"]).output
+    assert "--scoring-slots" in help_text and "503" in help_text and "[default: 2;" in help_text
+    refused = CliRunner().invoke(web, ["--scoring-slots", "0"])
+    assert refused.exit_code == 2 and "--scoring-slots" in refused.output
+    html = TestClient(make_app(fake_scorer(), scoring_slots=3)).get("/about").text
+    text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
+    for phrase in ("no login", "127.0.0.1", "reverse proxy with authentication", "auth_basic",
+                   "OAuth2 proxy", "at most 3 uploads are scored at once"):
+        assert phrase in text, phrase
+
+
 # ----------------------------------------------------------------- the event loop stays free
 
 

@@ -132,6 +132,7 @@ def create_app(
         "compared": {key: metric_with_interval(card.metrics, f"test_{key}")
                      for key, _ in about.COMPARED},
         "limits": limits,
+        "scoring_slots": scoring_slots,
         "max_bytes": scorer.max_bytes,
         "mb": MB,
         "version": __version__,
