@@ -387,8 +387,9 @@ def test_patient_rows_and_id_are_shortened_for_display(idc_sample: Path) -> None
     from histomlf.web.uploads import FileError, PatientFiles
 
     pid = "7" * 300
-    rows = pd.DataFrame({"file": [f"{pid}_idx5_x{x}_y51_class{y}.png" for x, y in ((51, 1), (101, 0))],
-                         "patient_id": pid, "x": [51, 101], "y": 51, "label": [1, 0]})
+    names = [f"{pid}_idx5_x{x}_y51_class{y}.png" for x, y in ((51, 1), (101, 0))]
+    rows = pd.DataFrame({"file": names, "patient_id": pid, "x": [51, 101], "y": 51,
+                         "label": [1, 0]})
     patch = np.full((50, 50, 3), 200, np.uint8)
     files = PatientFiles(pid, rows, np.stack([patch, patch // 2]),
                          [FileError("e" * 9000, f"same position as {'n' * 9000}: skipped")])
