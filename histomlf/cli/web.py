@@ -15,7 +15,8 @@ DEFAULT_MODEL = "models:/idc-classifier@champion"
 @click.option("--model", "model_uri", default=DEFAULT_MODEL, show_default=True,
               help="model URI to serve (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...)")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on (0.0.0.0 exposes the page to the network)")
+              help="address to listen on (0.0.0.0 exposes the page to the network; it has no "
+              "login: put an authenticating reverse proxy in front, see the README)")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="TCP port to listen on")
 @click.option("--mlflow-ui-url", default=None,

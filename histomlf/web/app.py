@@ -112,7 +112,7 @@ def create_app(
         docs_url=None,  # served below, so its policy can name its inline script's hash
         redoc_url=None,  # undocumented, and it would need three more origins (fonts, CDN)
     )
-    docs_html = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API")
+    docs_html = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI")
     # Outermost, around Starlette's own error middleware: a 500 carries the headers too.
     build_stack = app.build_middleware_stack
     app.build_middleware_stack = lambda: SecurityHeaders(  # type: ignore[method-assign]

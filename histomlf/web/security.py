@@ -10,6 +10,9 @@
 - `ScoringSlots`: at most `slots` scoring requests in flight; one more is refused at once
   (`Busy`, which the app answers 503 with `Retry-After`) instead of queueing up memory and
   CPU behind the others. Counted on the event loop (one thread), so a plain counter is exact.
+  A slot is taken before the body is read (an upload is held in memory whole) and given back
+  when the answer is built; a client that uploads slowly holds its slot meanwhile, which a
+  buffering reverse proxy in front (nginx's default) avoids.
 """
 
 from __future__ import annotations
