@@ -5,20 +5,27 @@ from __future__ import annotations
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
+from histomlf.web.security import DEFAULT_SCORING_SLOTS  # stdlib only: the CLI stays fast
 
 DEFAULT_MODEL = "models:/idc-classifier@champion"
+
 
 
 @click.command()
 @click.option("--model", "model_uri", default=DEFAULT_MODEL, show_default=True,
               help="model URI to serve (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...)")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on (0.0.0.0 exposes the page to the network)")
+              help="address to listen on (0.0.0.0 exposes the page to the network; it has no "
+              "login: put an authenticating reverse proxy in front, see the README)")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="TCP port to listen on")
 @click.option("--mlflow-ui-url", default=None,
               help="base URL of the MLflow UI (e.g. http://127.0.0.1:5000) to link the run")
-def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None) -> None:
+@click.option("--scoring-slots", type=click.IntRange(1, 64), default=DEFAULT_SCORING_SLOTS,
+              show_default=True,
+              help="uploads scored at once; one more is answered 503 with Retry-After")
+def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None,
+        scoring_slots: int) -> None:
     """Serve the web page: upload patches or a patient's zip, see P(IDC), Grad-CAM, the map."""
     check_tracking_server()
     from histomlf.tracking.model_card import ModelCardError, describe_model
@@ -30,6 +37,7 @@ def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None) -> None
     from histomlf.web.server import serve
 
     try:
-        serve(card, host=host, port=port, mlflow_ui_url=mlflow_ui_url)
+        serve(card, host=host, port=port, mlflow_ui_url=mlflow_ui_url,
+              scoring_slots=scoring_slots)
     except user_errors() as error:
         raise click.ClickException(str(error).strip().splitlines()[-1]) from error

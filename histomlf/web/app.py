@@ -7,12 +7,18 @@ Routes (all served by this one process, nothing from a CDN):
 - `POST /patient` a zip of one patient's folder -> the patient map, summary and a CSV;
 - `POST /api/predict`, `POST /api/patient` the same as JSON (see `/docs`, `/openapi.json`);
 - `GET /about` what the model is, how well it does on unseen patients, what it is not;
-- `GET /api/model`, `GET /health`, `/static/style.css`.
+- `GET /api/model`, `GET /health`, `/static/style.css`, `/docs` (Swagger, from a CDN).
 
 Bad input never breaks a page: a bad file gets its own line while the others are scored; a
 refused upload (nothing usable, a bad zip, too large) is a 400/413 page saying what was wrong.
 Uploads are read in memory (Starlette spools a part over 1 MB to an anonymous temporary file,
 closed and gone when the request ends); nothing is written anywhere else.
+
+Under load: decoding, scoring and drawing run in worker threads, never on the event loop, so
+`/health` and the plain pages answer while an upload is scored; at most `scoring_slots`
+scoring requests are in flight and one more is a 503 with `Retry-After` (`security.py`).
+Every response carries the security headers (`security.SecurityHeaders`). The page has no
+login: it binds 127.0.0.1 unless told otherwise (README: behind a reverse proxy).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -32,7 +39,12 @@ from histomlf import __version__
 from histomlf.tracking.notes import metric_with_interval
 from histomlf.web import about
 from histomlf.web.limits import MB, BodyLimit, RequestTooLarge
-from histomlf.web.results import score_patches, score_patient
+from histomlf.web.results import (
+    display_errors,
+    display_message,
+    score_patches,
+    score_patient,
+)
 from histomlf.web.schemas import (
     ErrorAnswer,
     ModelSummary,
@@ -42,6 +54,13 @@ from histomlf.web.schemas import (
     refused,
 )
 from histomlf.web.scorer import Scorer
+from histomlf.web.security import (
+    DEFAULT_SCORING_SLOTS,
+    Busy,
+    ScoringSlots,
+    SecurityHeaders,
+    docs_policy,
+)
 from histomlf.web.uploads import UploadError, decode_files, read_patient_zip
 
 HERE = Path(__file__).resolve().parent
@@ -70,17 +89,34 @@ def _multipart(field: str, many: bool) -> dict[str, Any]:
 
 
 REFUSALS = {400: {"model": ErrorAnswer, "description": "nothing usable; the detail says why"},
-            413: {"model": ErrorAnswer, "description": "the upload is over a documented cap"}}
+            413: {"model": ErrorAnswer, "description": "the upload is over a documented cap"},
+            503: {"model": ErrorAnswer, "description": "busy with as many uploads as it scores "
+                  "at once; try again after `Retry-After` seconds"}}
 
 
-def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
-    """The app for one loaded model; `mlflow_ui_url` adds a link to the model's run."""
+def create_app(
+    scorer: Scorer,
+    *,
+    mlflow_ui_url: str | None = None,
+    scoring_slots: int = DEFAULT_SCORING_SLOTS,
+) -> FastAPI:
+    """The app for one loaded model; `mlflow_ui_url` adds a link to the model's run;
+    `scoring_slots` scoring requests at most in flight (one more answers 503)."""
     limits = scorer.limits
+    slots = ScoringSlots(scoring_slots)
     app = FastAPI(
         title="histomlf web",
         version=__version__,
         description="IDC probabilities, Grad-CAM and patient maps from the registered model "
         f"`{scorer.card.uri}`. A research tool, not a diagnostic device.",
+        docs_url=None,  # served below, so its policy can name its inline script's hash
+        redoc_url=None,  # undocumented, and it would need three more origins (fonts, CDN)
+    )
+    docs_html = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI")
+    # Outermost, around Starlette's own error middleware: a 500 carries the headers too.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityHeaders(  # type: ignore[method-assign]
+        build_stack(), policies={"/docs": docs_policy(docs_html.body.decode())}
     )
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["exact"] = lambda value: repr(float(value))
@@ -96,6 +132,7 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
         "compared": {key: metric_with_interval(card.metrics, f"test_{key}")
                      for key, _ in about.COMPARED},
         "limits": limits,
+        "scoring_slots": scoring_slots,
         "max_bytes": scorer.max_bytes,
         "mb": MB,
         "version": __version__,
@@ -105,12 +142,16 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
     def page(request: Request, name: str, code: int = 200, **values: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {**context, **values}, status_code=code)
 
-    def refusal(request: Request, status: int, message: str, errors=()) -> Response:
+    def refusal(request: Request, status: int, message: str, errors=(),
+                headers: dict[str, str] | None = None) -> Response:
+        message, errors = display_message(message), display_errors(list(errors))
         if request.url.path.startswith("/api/"):
-            body = ErrorAnswer(detail=message, errors=refused(list(errors)))
-            return JSONResponse(body.model_dump(), status_code=status)
-        return page(request, "error.html", status, status=status, message=message,
-                    errors=list(errors))
+            body = ErrorAnswer(detail=message, errors=refused(errors))
+            return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+        answer = page(request, "error.html", status, status=status, message=message,
+                      errors=errors)
+        answer.headers.update(headers or {})
+        return answer
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
@@ -124,6 +165,11 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, error: UploadError) -> Response:
         return refusal(request, error.status, str(error), error.errors)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, error: Busy) -> Response:
+        return refusal(request, 503, str(error),
+                       headers={"Retry-After": str(error.retry_after)})
 
     async def reply_too_large(scope: dict[str, Any], error: HTTPException) -> Response:
         return refusal(Request(scope), error.status_code, str(error.detail))
@@ -160,8 +206,10 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
             raise UploadError(f"no file in the field {field!r}: choose at least one")
         return uploads
 
-    async def patches_of(request: Request) -> Any:
-        uploads = await read_files(request, FILES_FIELD)
+    # The blocking halves of each scoring route, run in a worker thread (decode, score, draw,
+    # render); the async handlers only read the body and hold a scoring slot.
+
+    def patches_of(uploads: list[tuple[str, bytes]]) -> Any:
         decoded = decode_files(uploads, max_bytes=scorer.max_bytes, max_pixels=scorer.max_pixels)
         if not decoded.names:
             raise UploadError(
@@ -169,14 +217,39 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
             )
         return decoded
 
-    async def patient_of(request: Request) -> Any:
-        uploads = await read_files(request, ZIP_FIELD)
+    def patient_of(uploads: list[tuple[str, bytes]]) -> Any:
         if len(uploads) != 1:
             raise UploadError(f"send one zip (one patient's folder), got {len(uploads)} files")
-        return await run_in_threadpool(
-            read_patient_zip, uploads[0][1], limits,
-            max_bytes=scorer.max_bytes, max_pixels=scorer.max_pixels,
-        )  # fmt: skip
+        return read_patient_zip(uploads[0][1], limits, max_bytes=scorer.max_bytes,
+                                max_pixels=scorer.max_pixels)
+
+    def predict_html(request: Request, uploads: list[tuple[str, bytes]]) -> HTMLResponse:
+        results = score_patches(scorer, patches_of(uploads), pictures=True)
+        return page(request, "patches.html", results=results)
+
+    def patient_html(request: Request, uploads: list[tuple[str, bytes]]) -> HTMLResponse:
+        results = score_patient(scorer, patient_of(uploads), pictures=True)
+        return page(request, "patient.html", results=results,
+                    rows=results.predictions.to_dict("records"))
+
+    def predict_json(uploads: list[tuple[str, bytes]]) -> PredictAnswer:
+        results = score_patches(scorer, patches_of(uploads), pictures=False)
+        return PredictAnswer(
+            model=model_summary(scorer),
+            predictions=[{"file": r.file, "probability": r.probability, "label": r.label}
+                         for r in results.rows],
+            errors=refused(results.errors),
+        )
+
+    def patient_json(uploads: list[tuple[str, bytes]]) -> PatientAnswer:
+        results = score_patient(scorer, patient_of(uploads), pictures=False)
+        columns = ["file", "x", "y", "label", "probability", "predicted"]
+        return PatientAnswer(
+            model=model_summary(scorer),
+            summary=results.summary,
+            predictions=results.predictions[columns].to_dict("records"),
+            errors=refused(results.errors),
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home(request: Request) -> HTMLResponse:
@@ -188,50 +261,45 @@ def create_app(scorer: Scorer, *, mlflow_ui_url: str | None = None) -> FastAPI:
 
     @app.post("/predict", response_class=HTMLResponse, include_in_schema=False)
     async def predict_page(request: Request) -> HTMLResponse:
-        decoded = await patches_of(request)
-        results = await run_in_threadpool(score_patches, scorer, decoded, pictures=True)
-        return page(request, "patches.html", results=results)
+        async with slots.take():
+            uploads = await read_files(request, FILES_FIELD)
+            return await run_in_threadpool(predict_html, request, uploads)
 
     @app.post("/patient", response_class=HTMLResponse, include_in_schema=False)
     async def patient_page(request: Request) -> HTMLResponse:
-        files = await patient_of(request)
-        results = await run_in_threadpool(score_patient, scorer, files, pictures=True)
-        return page(request, "patient.html", results=results,
-                    rows=results.predictions.to_dict("records"))
+        async with slots.take():
+            uploads = await read_files(request, ZIP_FIELD)
+            return await run_in_threadpool(patient_html, request, uploads)
 
     @app.post("/api/predict", response_model=PredictAnswer, responses=REFUSALS,
               openapi_extra=_multipart(FILES_FIELD, many=True))
     async def api_predict(request: Request) -> PredictAnswer:
         """P(IDC) and label for each PNG/JPEG patch (field `files`, repeatable); a file that
-        is not a usable patch is listed in `errors` and the others are scored."""
-        decoded = await patches_of(request)
-        results = await run_in_threadpool(score_patches, scorer, decoded, pictures=False)
-        return PredictAnswer(
-            model=model_summary(scorer),
-            predictions=[{"file": r.file, "probability": r.probability, "label": r.label}
-                         for r in results.rows],
-            errors=refused(results.errors),
-        )
+        is not a usable patch is listed in `errors` and the others are scored. File names are
+        shown at most 80 characters long (an ellipsis in the middle). 503 with `Retry-After`
+        while the page is busy with as many uploads as it scores at once."""
+        async with slots.take():
+            uploads = await read_files(request, FILES_FIELD)
+            return await run_in_threadpool(predict_json, uploads)
 
     @app.post("/api/patient", response_model=PatientAnswer, responses=REFUSALS,
               openapi_extra=_multipart(ZIP_FIELD, many=False))
     async def api_patient(request: Request) -> PatientAnswer:
         """One patient's folder as a zip (field `file`; Kaggle layout or flat, Kaggle file
-        names): every patch's P(IDC) and the patient's summary."""
-        files = await patient_of(request)
-        results = await run_in_threadpool(score_patient, scorer, files, pictures=False)
-        columns = ["file", "x", "y", "label", "probability", "predicted"]
-        return PatientAnswer(
-            model=model_summary(scorer),
-            summary=results.summary,
-            predictions=results.predictions[columns].to_dict("records"),
-            errors=refused(results.errors),
-        )
+        names): every patch's P(IDC) and the patient's summary. 503 with `Retry-After` while
+        the page is busy with as many uploads as it scores at once."""
+        async with slots.take():
+            uploads = await read_files(request, ZIP_FIELD)
+            return await run_in_threadpool(patient_json, uploads)
 
     @app.get("/api/model", response_model=ModelSummary)
     async def api_model() -> ModelSummary:
         """Which registered model answers this page."""
         return model_summary(scorer)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html.body)
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:
