@@ -331,7 +331,11 @@ def test_service_escalates_term_to_kill_for_the_whole_group(tmp_path: Path) -> N
     service = Service("stubborn", pid_path=tmp_path / "run" / "s.pid",
                       log_path=tmp_path / "logs" / "s.log", marker="sleep")
     # bash ignores TERM and so does its sleep child (an ignored signal stays ignored).
-    service.start(["bash", "-c", "trap '' TERM; sleep 60 & wait"], env={"PATH": os.defpath})
+    service.start(["bash", "-c", "trap '' TERM; sleep 60 & echo ready; wait"],
+                  env={"PATH": os.defpath})
+    deadline = time.monotonic() + 10
+    while "ready" not in service.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)  # TERM before the trap is set would be enough
     pid = service.pid()
     assert pid is not None and service.running()
     pid_file = service.pid_path.read_text().split()
@@ -340,8 +344,22 @@ def test_service_escalates_term_to_kill_for_the_whole_group(tmp_path: Path) -> N
     assert service.stop(grace=0.5) is False  # TERM was not enough
     assert time.monotonic() - started < 5
     assert not service.running() and not service.pid_path.exists()
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pid, 0)
+    deadline = time.monotonic() + 5  # the killed sleep child may wait a moment to be reaped
+    while _group_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_exists(pid), "a process of the group survived KILL"
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether a live (not zombie) process of process group `pgid` remains."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat_file.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def _environ(pid: int) -> dict[str, str]:
