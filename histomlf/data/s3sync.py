@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from histomlf.errors import UserError
+
 INDEX_NAME = ".s3sync-index.json"
 
 
-class S3SyncError(RuntimeError):
+class S3SyncError(UserError, RuntimeError):
     """S3 cannot be used as asked; the message is one line saying why."""
 
 

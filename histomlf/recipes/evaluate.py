@@ -91,11 +91,12 @@ def evaluate(
 
 
 def predict(model_uri: str, data: str, out: Path, *, batch_size: int = 256) -> tuple[Path, Path]:
-    """Write one row per patch and a per-patient summary beside it; logs nothing."""
+    """Write one row per patch and a per-patient summary beside it; logs nothing.
+
+    The model is loaded first: an unknown model fails before the data is scanned."""
+    model = load_model(model_uri)
     manifest, _, _ = manifest_for(data)
-    predictions = predict_rows(
-        load_model(model_uri), manifest, batch_size=batch_size, progress=True
-    )
+    predictions = predict_rows(model, manifest, batch_size=batch_size, progress=True)
     table = manifest[["path", "patient_id", "x", "y"]].reset_index(drop=True).join(predictions)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
