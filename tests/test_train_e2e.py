@@ -264,10 +264,15 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, idc_sample: Pa
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
 
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    # Run options (registration, its gate metric) are not the recipe: the resume still finds
+    # the crashed attempt's work folder.
+    rerun = [*command, "--register-as", "resume-check", "--gate-metric", "f1"]
+    done = subprocess.run(rerun, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     resumed = client.get_run(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
     assert resumed.data.tags["histomlf.resumed"] == "true"
+    assert resumed.info.run_name == crashed.info.run_name  # the same recipe, the same name
+    assert client.get_registered_model("resume-check").name == "resume-check"
     history = client.get_metric_history(resumed.info.run_id, "epoch/val_loss")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]  # every epoch, backfilled or not
     killed = client.get_run(crashed.info.run_id)
