@@ -259,6 +259,22 @@ def recipe_fields() -> tuple[str, ...]:
     return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("role") != RUN)
 
 
+# The run options each verb uses; it offers no other (an option it would ignore is not one).
+# `cv` neither registers nor explains its folds; a `tune` trial runs on one device (scale a
+# search with --workers). `experiment` is every verb's `-e`.
+VERB_RUN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain", "devices"),
+    "cv": ("data_dir", "packed_cache", "devices"),
+    "tune": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain"),
+}
+
+
+def verb_fields(verb: str) -> tuple[str, ...]:
+    """The `TrainConfig` keys `verb` takes: every recipe field, its run options, `experiment`
+    (what a command that reruns a run of `verb` may pass)."""
+    return (*recipe_fields(), *VERB_RUN_OPTIONS[verb], "experiment")
+
+
 def _check_snapshots(config: TrainConfig) -> None:
     """A snapshot ensemble splits phase 1 into equal cosine cycles and keeps each cycle's end."""
     if config.snapshots < 1:

@@ -20,7 +20,7 @@ from histomlf.cli import main
 from histomlf.cli.errors import shown_as_one_line
 from histomlf.cli.options import use_experiment_name
 from histomlf.cli.train import next_steps
-from histomlf.config import ConfigError, TrainConfig, recipe_fields, run_fields
+from histomlf.config import ConfigError, TrainConfig, recipe_fields, run_fields, verb_fields
 from histomlf.errors import UserError
 from histomlf.tuning.settings import SearchSettings, SearchSpec, setting_names
 from histomlf.tuning.tuner_table import tuner_names
@@ -73,6 +73,9 @@ def test_each_verb_offers_the_recipe_and_only_the_run_options_it_uses() -> None:
         assert set(recipe_fields()) <= set(options), name
         assert "experiment_name" in options and "experiment" in options, name
     assert set(run_fields()) - {"experiment"} <= set(verbs["train"])
+    for name, options in verbs.items():
+        taken = set(verb_fields(name))
+        assert taken == set(options) & {f.name for f in dataclasses.fields(TrainConfig)}, name
     assert not {"register_as", "explain", "gate_metric"} & set(verbs["cv"])
     assert "devices" not in verbs["tune"] and set(setting_names()) <= set(verbs["tune"])
     assert not set(setting_names()) - {"log_models"} & set(verbs["train"])

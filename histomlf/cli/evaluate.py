@@ -18,10 +18,6 @@ from histomlf.cli.options import (
 from histomlf.errors import UserError
 from histomlf.model_uri import check_model_uri
 
-CV_RUN_OPTIONS = ("data_dir", "packed_cache", "devices")
-"""The run options `cv` uses. Not `register_as`, `gate_metric` or `explain`: the folds are
-neither registered nor explained."""
-
 
 def check_inputs(model_uri: str, data: str) -> None:
     """A malformed model URI or a missing DATA is one line before MLflow or TensorFlow loads."""
@@ -97,7 +93,7 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     show_default=True,
     help="log each fold's model (true/false), e.g. to rescore the folds with TTA later",
 )
-@config_options(run=CV_RUN_OPTIONS)
+@config_options("cv")
 def cv(
     experiment: str, experiment_name: str, folds: int, only_folds: str, log_models: bool,
     **options,

@@ -6,8 +6,8 @@ snake_case twin, since `mlflow run -P fine_tune_epochs=2` passes undeclared para
 `--fine_tune_epochs 2`), its type, its choices and its help. Every option defaults to None,
 meaning "as the experiment file says".
 
-A verb takes every recipe field and only the run options it names (`config_options(run=...)`):
-an option a verb would ignore is not offered.
+A verb takes every recipe field and only the run options it uses (`config_options(verb)`,
+from `histomlf.config.VERB_RUN_OPTIONS`): an option a verb would ignore is not offered.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import click
 
 from histomlf.config import (
     DEFAULT_EXPERIMENT,
+    VERB_RUN_OPTIONS,
     ConfigError,
     TrainConfig,
     check_data_location,
     recipe_fields,
-    run_fields,
 )
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -79,12 +79,10 @@ def dataclass_options(cls: type, names: Iterable[str]) -> Decorator:
     return decorate
 
 
-def config_options(*, run: tuple[str, ...]) -> Decorator:
-    """Every recipe field of `TrainConfig` plus the run options `run` (which this verb uses)."""
-    unknown = sorted(set(run) - set(run_fields()))
-    if unknown:
-        raise ValueError(f"not run options of TrainConfig: {', '.join(unknown)}")
-    return dataclass_options(TrainConfig, (*recipe_fields(), *run))
+def config_options(verb: str) -> Decorator:
+    """Every recipe field of `TrainConfig` plus the run options `verb` uses
+    (`histomlf.config.VERB_RUN_OPTIONS`)."""
+    return dataclass_options(TrainConfig, (*recipe_fields(), *VERB_RUN_OPTIONS[verb]))
 
 
 def overrides_from(options: dict[str, Any]) -> dict[str, Any]:

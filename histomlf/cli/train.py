@@ -15,15 +15,11 @@ from histomlf.cli.options import (
     use_experiment_name,
 )
 
-RUN_OPTIONS = ("data_dir", "register_as", "gate_metric", "packed_cache", "explain", "devices")
-"""The run options `train` uses: where the data is, registration and its gate, explanations,
-the packed cache and the devices."""
-
 
 @click.command()
 @experiment_option
 @experiment_name_option
-@config_options(run=RUN_OPTIONS)
+@config_options("train")
 @click.option(
     "--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON"
 )

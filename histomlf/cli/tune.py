@@ -27,17 +27,13 @@ from histomlf.cli.options import (
 from histomlf.config import ConfigError, check_data_location, run_fields
 from histomlf.tuning.settings import SearchSettings, SearchSpec, load_search, setting_names
 
-RUN_OPTIONS = ("data_dir", "register_as", "gate_metric", "packed_cache", "explain")
-"""The run options `tune` uses. Not `devices`: each trial runs on one device (scale a search
-with `--workers`)."""
-
 
 @click.command()
 @click.option("--experiment", "-e", default="tune_smoke", show_default=True,
               help="experiment file or name under experiments/ (with a search: section)")
 @experiment_name_option
 @dataclass_options(SearchSettings, setting_names())
-@config_options(run=RUN_OPTIONS)
+@config_options("tune")
 @click.option("--resume", default="", help="parent run id of a search to continue")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="start a chief and this many local workers (distributed Keras Tuner)")
