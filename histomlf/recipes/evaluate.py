@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from histomlf.data.scan import manifest_for
+from histomlf.errors import UserError
 from histomlf.recipes.explain import explain_run
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.scoring import (
@@ -37,7 +38,7 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
     assigned = apply_split(manifest, load_split(split_file))
     rows = assigned[assigned["split"] == split].reset_index(drop=True)
     if rows.empty:
-        raise ValueError(f"no rows of the {split} split in this data (is it the same dataset?)")
+        raise UserError(f"no rows of the {split} split in this data (is it the same dataset?)")
     return rows
 
 
@@ -54,14 +55,14 @@ def evaluate(
     from histomlf.evaluation.scored import evaluate_splits, score_split
 
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        raise UserError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     manifest, digest, source = manifest_for(data)
     with runs.active_run(run_name=f"evaluate-{split}") as run, tempfile.TemporaryDirectory() as tmp:
         split_file = split_file or (
             source_run_split(model_uri, Path(tmp)) if split != "all" else None
         )
         if split != "all" and split_file is None:
-            raise ValueError(
+            raise UserError(
                 f"no split file given and {model_uri} has no logged data/split.csv; "
                 "pass --split-file or --split all"
             )
