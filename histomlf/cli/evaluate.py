@@ -7,8 +7,23 @@ from pathlib import Path
 
 import click
 
-from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
+from histomlf.cli.errors import check_tracking_server, shown_as_one_line
+from histomlf.cli.options import (
+    config_options,
+    experiment_name_option,
+    experiment_option,
+    load_checked_config,
+    use_experiment_name,
+)
+from histomlf.errors import UserError
+from histomlf.model_uri import check_model_uri
+
+
+def check_inputs(model_uri: str, data: str) -> None:
+    """A malformed model URI or a missing DATA is one line before MLflow or TensorFlow loads."""
+    check_model_uri(model_uri)
+    if not data.startswith("s3://") and not Path(data).expanduser().exists():
+        raise UserError(f"no data at {data!r}: give a dataset folder or a manifest CSV")
 
 
 @click.command()
@@ -28,13 +43,13 @@ from histomlf.cli.options import experiment_option, load_checked_config, train_c
 )
 def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> None:
     """Score MODEL_URI on DATA (a dataset folder or manifest CSV) and log the metrics."""
+    with shown_as_one_line():
+        check_inputs(model_uri, data)
     check_tracking_server()
     from histomlf.recipes.evaluate import evaluate as evaluate_recipe
 
-    try:
+    with shown_as_one_line():
         result = evaluate_recipe(model_uri, data, split=split, split_file=split_file)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, default=float))
 
 
@@ -51,18 +66,19 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 @click.option("--batch-size", type=int, default=256, show_default=True)
 def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
+    with shown_as_one_line():
+        check_inputs(model_uri, data)
     check_tracking_server()
     from histomlf.recipes.evaluate import predict as predict_recipe
 
-    try:
+    with shown_as_one_line():
         patches, patients = predict_recipe(model_uri, data, out, batch_size=batch_size)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
     click.echo(f"wrote {patches} and {patients}")
 
 
 @click.command()
 @experiment_option
+@experiment_name_option
 @click.option("--folds", type=int, default=5, show_default=True, help="number of patient folds")
 @click.option(
     "--only-folds",
@@ -77,8 +93,11 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     show_default=True,
     help="log each fold's model (true/false), e.g. to rescore the folds with TTA later",
 )
-@train_config_options
-def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options) -> None:
+@config_options("cv")
+def cv(
+    experiment: str, experiment_name: str, folds: int, only_folds: str, log_models: bool,
+    **options,
+) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
@@ -90,14 +109,14 @@ def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options
         ) from None
     if not all(1 <= fold <= folds for fold in chosen):
         raise click.ClickException(f"--only-folds: fold numbers run from 1 to {folds}")
+    with shown_as_one_line():
+        config, _ = load_checked_config(experiment, options)
+        use_experiment_name(experiment_name)
     check_tracking_server()
-    config, _ = load_checked_config(experiment, options)
     from histomlf.recipes.cv import cross_validate
 
-    try:
+    with shown_as_one_line():
         result = cross_validate(config, folds, chosen, log_models=log_models)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
         mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")
         if mean is not None:

@@ -15,6 +15,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from histomlf.errors import UserError
+
 PATCH_SIZE = 50
 CHANNELS = 3
 PAD_VALUE = 255
@@ -52,7 +54,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-class PatchDecodeError(ValueError):
+class PatchDecodeError(UserError, ValueError):
     """The bytes are not a usable patch image; the message says why."""
 
 

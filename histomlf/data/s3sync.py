@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from histomlf.errors import UserError
+
 INDEX_NAME = ".s3sync-index.json"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 log = logging.getLogger(__name__)
 
 
-class S3SyncError(RuntimeError):
+class S3SyncError(UserError, RuntimeError):
     """S3 cannot be used as asked; the message is one line saying why."""
 
 

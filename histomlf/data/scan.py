@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from histomlf.data.patches import MAX_PATCH_PIXELS, PATCH_SIZE, to_rgb_array
+from histomlf.errors import UserError
 from histomlf.paths import cache_root
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ QUARANTINE_FILE = "quarantine.csv"
 STATS_FILE = "scan.json"
 
 
-class ScanError(ValueError):
+class ScanError(UserError, ValueError):
     """The data folder cannot be scanned at all (missing, empty, no patches)."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from histomlf.data.patches import decode_patch
+from histomlf.errors import UserError
 from histomlf.explain.averaged import explainer_for
 from histomlf.explain.gradcam import SmoothGrad
 from histomlf.explain.patient_map import REQUIRED_COLUMNS, save_patient_map
@@ -36,7 +37,7 @@ ROOT = "explain"
 KINDS = ("tp", "tn", "fp", "fn")
 
 
-class ExplainError(ValueError):
+class ExplainError(UserError, ValueError):
     """The predictions cannot be explained (missing columns, no rows, unknown patients)."""
 
 

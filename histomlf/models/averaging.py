@@ -26,7 +26,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-TTA_MODES = ("none", "dihedral8")
+from histomlf.choices import TTA_CHOICES as TTA_MODES
+
 DIHEDRAL_CODES = tuple(range(8))
 BACKBONE_LAYER = "backbone"
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histomlf.config import TrainConfig
+from histomlf.config import ConfigError, TrainConfig, check_data_location
 from histomlf.evaluation.metrics import METRIC_NAMES
 from histomlf.paths import cache_root
 from histomlf.tracking import artifacts, notes, runs
@@ -60,7 +60,8 @@ def cross_validate(
 
     chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
     if not all(1 <= fold <= folds for fold in chosen):
-        raise ValueError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
+        raise ConfigError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
+    check_data_location(config.data_dir)
     partial = len(chosen) < folds
     name = f"cv{folds}-{config.model}-{config.experiment}"
     if partial:

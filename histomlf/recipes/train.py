@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig
+from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig, check_data_location
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.recipes.explain import explain_run
@@ -46,21 +46,19 @@ def train_run_name(config: TrainConfig) -> str:
         source = "s3-" + data_dir[5:].split("/")[0]
     else:
         source = Path(data_dir).expanduser().resolve().name or "data"
-    digest = hashlib.sha256(
-        json.dumps(config.as_params(), sort_keys=True, default=str).encode()
-    ).hexdigest()[:6]
-    return f"{config.model}-{weights}-{source}-{digest}"
+    return f"{config.model}-{weights}-{source}-{config.recipe_digest()}"
 
 
 def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
-    """The fit's work folder, named by what defines the run: config, data and split digests.
+    """The fit's work folder, named by what is trained: the recipe, data and split digests.
 
     After a crash, rerunning the same command finds the same folder and Keras'
-    `BackupAndRestore` resumes from the last finished epoch; a finished fit empties it, so the
-    next identical run starts fresh.
+    `BackupAndRestore` resumes from the last finished epoch — also when only a run option
+    changed (`--register-as`, `--explain`, `--devices`, the data's path or the experiment
+    file's name); a finished fit empties it, so the next identical run starts fresh.
     """
     identity = json.dumps(
-        {**config.as_params(), "data": data.data_digest, "split": data.split_digest},
+        {**config.recipe_params(), "data": data.data_digest, "split": data.split_digest},
         sort_keys=True,
         default=str,
     )
@@ -81,6 +79,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
 
     Returns `{"run_id", "model_uri", "metrics"}` and, with `config.register_as`, `"gate"`.
     """
+    check_data_location(config.data_dir)  # before a run opens: no FAILED run for a typo
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, train_and_score
 
