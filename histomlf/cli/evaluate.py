@@ -77,9 +77,33 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     show_default=True,
     help="log each fold's model (true/false), e.g. to rescore the folds with TTA later",
 )
+@click.option(
+    "--final",
+    type=click.Choice(["none", "ensemble"]),
+    default="none",
+    show_default=True,
+    help="ensemble: after the folds, their models averaged into one calibrated model with "
+    "out-of-fold scores (a nested cv-final run; registered with --register-as)",
+)
+@click.option(
+    "--calibrate",
+    type=click.Choice(["platt", "none"]),
+    default="platt",
+    show_default=True,
+    help="the final model's calibration, fitted on the pooled out-of-fold predictions",
+)
 @train_config_options
-def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options) -> None:
-    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
+def cv(
+    experiment: str,
+    folds: int,
+    only_folds: str,
+    log_models: bool,
+    final: str,
+    calibrate: str,
+    **options,
+) -> None:
+    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent;
+    with --final ensemble, the fold models as one calibrated, registered final model."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
     try:
@@ -95,7 +119,15 @@ def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options
     from histomlf.recipes.cv import cross_validate
 
     try:
-        result = cross_validate(config, folds, chosen, log_models=log_models)
+        result = cross_validate(
+            config,
+            folds,
+            chosen,
+            log_models=log_models,
+            final=final,
+            calibrate=calibrate,
+            register_as=config.register_as if final != "none" else "",
+        )
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
@@ -103,3 +135,14 @@ def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options
         if mean is not None:
             click.echo(f"{key:24s} {mean:.4f} ± {sd:.4f}")
     click.echo(f"run {result['run_id']}")
+    if "final" in result:
+        done = result["final"]
+        scores = done["metrics"]
+        click.echo(
+            f"final ensemble {done['model_uri']}: out-of-fold on {done['patients']} patients "
+            f"ROC-AUC {scores['oof_roc_auc']:.4f}, ECE {scores['oof_ece_uncalibrated']:.3f} -> "
+            f"{scores['oof_ece']:.3f} after calibration"
+        )
+        if "gate" in done:
+            gate = done["gate"]
+            click.echo(f"registered {gate.name} v{gate.version} as @{gate.alias}: {gate.reason}")
