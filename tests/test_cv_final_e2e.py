@@ -101,3 +101,19 @@ def test_final_model_is_the_calibrated_mean_of_the_fold_models(
         assert [row["label"] for row in reply.json()["predictions"]] == [
             int(p >= threshold) for p in served
         ]
+
+
+def test_evaluate_refuses_a_test_split_for_a_fold_ensemble(study_store, idc_sample: Path) -> None:
+    from study_store import invoke_cli
+
+    with tracking_env(MLFLOW_TRACKING_URI=study_store.tracking_uri):
+        client = MlflowClient(study_store.tracking_uri)
+        runs_before = len(client.search_runs([study_store.experiment_id]))
+        result = invoke_cli(
+            "evaluate", f"models:/{CV_FINAL_NAME}@champion", str(idc_sample), "--split", "test",
+            expect_exit=1,
+        )
+        assert "cross-validation ensemble" in result.output
+        assert "no unseen test split" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert len(client.search_runs([study_store.experiment_id])) == runs_before
