@@ -15,3 +15,6 @@ LR_SCHEDULE_CHOICES = ("constant", "cosine")
 TTA_CHOICES = ("none", "dihedral8")
 LOG_MODELS_CHOICES = ("best", "all")
 DIRECTION_CHOICES = ("max", "min")
+# `histomlf cv --final`: what the folds leave behind, and how that final model is calibrated.
+FINAL_CHOICES = ("none", "ensemble")
+CALIBRATION_CHOICES = ("platt", "none")

@@ -264,7 +264,8 @@ def recipe_fields() -> tuple[str, ...]:
 # search with --workers). `experiment` is every verb's `-e`.
 VERB_RUN_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain", "devices"),
-    "cv": ("data_dir", "packed_cache", "devices"),
+    # register_as / gate_metric: for the final model of `cv --final ensemble`.
+    "cv": ("data_dir", "register_as", "gate_metric", "packed_cache", "devices"),
     "tune": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain"),
 }
 

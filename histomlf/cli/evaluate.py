@@ -15,6 +15,7 @@ from histomlf.cli.options import (
     load_checked_config,
     use_experiment_name,
 )
+from histomlf.choices import CALIBRATION_CHOICES, FINAL_CHOICES
 from histomlf.errors import UserError
 from histomlf.model_uri import check_model_uri
 
@@ -93,12 +94,34 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     show_default=True,
     help="log each fold's model (true/false), e.g. to rescore the folds with TTA later",
 )
+@click.option(
+    "--final",
+    type=click.Choice(FINAL_CHOICES),
+    default="none",
+    show_default=True,
+    help="ensemble: after the folds, their models averaged into one calibrated model with "
+    "out-of-fold scores (a nested cv-final run; registered with --register-as)",
+)
+@click.option(
+    "--calibrate",
+    type=click.Choice(CALIBRATION_CHOICES),
+    default="platt",
+    show_default=True,
+    help="the final model's calibration, fitted on the pooled out-of-fold predictions",
+)
 @config_options("cv")
 def cv(
-    experiment: str, experiment_name: str, folds: int, only_folds: str, log_models: bool,
+    experiment: str,
+    experiment_name: str,
+    folds: int,
+    only_folds: str,
+    log_models: bool,
+    final: str,
+    calibrate: str,
     **options,
 ) -> None:
-    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
+    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent;
+    with --final ensemble, the fold models as one calibrated, registered final model."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
     try:
@@ -109,16 +132,42 @@ def cv(
         ) from None
     if not all(1 <= fold <= folds for fold in chosen):
         raise click.ClickException(f"--only-folds: fold numbers run from 1 to {folds}")
+    if final == "none" and options.get("register_as"):
+        raise click.ClickException(
+            "--register-as registers the final model of --final ensemble; a plain cv has none"
+        )
     with shown_as_one_line():
         config, _ = load_checked_config(experiment, options)
         use_experiment_name(experiment_name)
+        from histomlf.recipes.cv_final import check_final
+
+        check_final(final, calibrate, folds, chosen)
     check_tracking_server()
     from histomlf.recipes.cv import cross_validate
 
     with shown_as_one_line():
-        result = cross_validate(config, folds, chosen, log_models=log_models)
+        result = cross_validate(
+            config,
+            folds,
+            chosen,
+            log_models=log_models,
+            final=final,
+            calibrate=calibrate,
+            register_as=config.register_as if final != "none" else "",
+        )
     for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
         mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")
         if mean is not None:
             click.echo(f"{key:24s} {mean:.4f} ± {sd:.4f}")
     click.echo(f"run {result['run_id']}")
+    if "final" in result:
+        done = result["final"]
+        scores = done["metrics"]
+        click.echo(
+            f"final ensemble {done['model_uri']}: out-of-fold on {done['patients']} patients "
+            f"ROC-AUC {scores['oof_roc_auc']:.4f}, ECE {scores['oof_ece_uncalibrated']:.3f} -> "
+            f"{scores['oof_ece']:.3f} after calibration"
+        )
+        if "gate" in done:
+            gate = done["gate"]
+            click.echo(f"registered {gate.name} v{gate.version} as @{gate.alias}: {gate.reason}")

@@ -42,6 +42,9 @@ def cross_validate(
     only_folds: tuple[int, ...] = (),
     *,
     log_models: bool = False,
+    final: str = "none",
+    calibrate: str = "platt",
+    register_as: str = "",
 ) -> dict[str, Any]:
     """Train `config` on each of `folds` patient folds, each fold in its own nested run.
 
@@ -51,13 +54,20 @@ def cross_validate(
     model's scores belong to its own fold's test patients only.
     Returns `{"run_id", "summary", "folds"}`: the parent run, mean/sd per metric, and one row
     per fold (run id, seconds, headline test metrics).
+
+    `final="ensemble"` then makes the fold models one calibrated ensemble with out-of-fold
+    scores (`histomlf.recipes.cv_final`), registered under `register_as` when given; the
+    result gains `"final"`.
     """
+    from histomlf.recipes.cv_final import FoldOutcome, check_final, log_final
+
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
-    from histomlf.recipes.train import model_metadata
+    from histomlf.recipes.train import demo_named, model_metadata
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
+    check_final(final, calibrate, folds, only_folds)
     chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
     if not all(1 <= fold <= folds for fold in chosen):
         raise ConfigError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
@@ -71,6 +81,8 @@ def cross_validate(
             "folds": folds,
             "only_folds": ",".join(map(str, chosen)) if partial else "",
             "log_models": log_models,
+            "final": final,
+            "calibrate": calibrate if final != "none" else "none",
         }
         runs.log_config(config, extra=extra)
         runs.log_resolved_params(extra)
@@ -81,7 +93,8 @@ def cross_validate(
         fold_splits = patient_kfold(
             manifest, folds, seed=config.seed, val_fraction=config.val_fraction
         )
-        fold_metrics, rows = [], []
+        fold_metrics, rows, outcomes = [], [], []
+        data = None
         for index, split in enumerate(fold_splits):
             if index + 1 not in chosen:
                 continue
@@ -108,6 +121,16 @@ def cross_validate(
                         threshold=outcome.evaluation.threshold,
                         metadata=model_metadata(config, data),
                     )
+                if final != "none":
+                    outcomes.append(
+                        FoldOutcome(
+                            index=index,
+                            run_id=child.info.run_id,
+                            model=outcome.model,
+                            test=outcome.evaluation.splits["test"],
+                            epochs=len(outcome.fit.history.get("loss", [])),
+                        )
+                    )
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)
                 rows.append(
@@ -121,5 +144,16 @@ def cross_validate(
         summary = summarise_folds(fold_metrics)
         runs.log_metrics(summary)
         runs.log_table(pd.DataFrame(rows), "cv/folds.json")
+        result = {"run_id": parent.info.run_id, "summary": summary, "folds": rows}
+        if final != "none":
+            result["final"] = log_final(
+                config,
+                outcomes,
+                data_digest=data.data_digest,
+                metadata=model_metadata(config, data),
+                calibrate=calibrate,
+                register_as=demo_named(register_as, data) if register_as else "",
+                fold_summary=summary,
+            )
         runs.set_note(notes.cv_note(config, folds, summary))
-        return {"run_id": parent.info.run_id, "summary": summary, "folds": rows}
+        return result

@@ -42,6 +42,19 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
     return rows
 
 
+def refuse_fold_ensemble_split(model_uri: str, split: str) -> None:
+    """A CV-final ensemble has no unseen split of its own: among its members, every patient of
+    its cross-validation was trained on. Only `all` (a folder of other patients) is honest."""
+    from histomlf.tracking.scoring import logged_model_metadata
+
+    if split != "all" and logged_model_metadata(model_uri).get("final") == "cv-ensemble":
+        raise UserError(
+            f"{model_uri} is a cross-validation ensemble: its members together trained on every "
+            f"patient of its folds, so it has no unseen {split} split; its honest scores are the "
+            "logged oof_* metrics, or use --split all on patients none of its folds saw"
+        )
+
+
 def evaluate(
     model_uri: str,
     data: str,
@@ -56,6 +69,7 @@ def evaluate(
 
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    refuse_fold_ensemble_split(model_uri, split)
     manifest, digest, source = manifest_for(data)
     with runs.active_run(run_name=f"evaluate-{split}") as run, tempfile.TemporaryDirectory() as tmp:
         split_file = split_file or (

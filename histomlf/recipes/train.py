@@ -30,7 +30,11 @@ def registered_name(config: TrainConfig, data: Any) -> str:
     The gate never promotes across data digests, so a champion trained on synthetic patches
     under the real name would hold `@champion` against the user's first real model.
     """
-    name = config.register_as
+    return demo_named(config.register_as, data)
+
+
+def demo_named(name: str, data: Any) -> str:
+    """`name`, or `<name>-demo` when `data` is synthetic (see `registered_name`)."""
     if data.data_source == "synthetic" and not name.endswith(DEMO_SUFFIX):
         name += DEMO_SUFFIX
     return name

@@ -16,6 +16,7 @@ import numpy as np
 from histomlf.report import figures, reproduce
 from histomlf.report.model import (
     KIND_CV,
+    KIND_CV_FINAL,
     KIND_FOLD,
     KIND_TRIAL,
     KIND_TUNE,
@@ -337,7 +338,10 @@ def search(study: Study, run: RunRecord) -> dict[str, Any]:
 
 def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
     """A CV parent: per-fold rows (from the fold runs) and the mean ± sd chart."""
-    folds = sorted(study.children(run.run_id), key=lambda r: int(r.tags.get("histomlf.fold", 0)))
+    children = study.children(run.run_id)
+    folds = sorted((c for c in children if c.kind == KIND_FOLD),
+                   key=lambda r: int(r.tags.get("histomlf.fold", 0)))
+    final = next((c for c in children if c.kind == KIND_CV_FINAL), None)
     names = [name for name, _ in TABLE_METRICS]
     means = [run.metrics.get(f"test_{n}_mean") for n in names]
     sds = [run.metrics.get(f"test_{n}_sd", 0.0) for n in names]
@@ -348,7 +352,7 @@ def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
             [m if m is not None else 0.0 for m in means],
             [s if s is not None and not math.isnan(s) else 0.0 for s in sds],
             f"{run.name}: {len(folds)} folds"))
-    return {"run": run, "folds": folds, "chart": chart}
+    return {"run": run, "folds": folds, "chart": chart, "final": final}
 
 
 # ---- explanations -------------------------------------------------------------------------
@@ -413,5 +417,5 @@ def others(study: Study) -> list[RunRecord]:
         r for r in study.runs
         if r.finished
         and r.kind not in ROW_KINDS
-        and not (r.kind in (KIND_TRIAL, KIND_FOLD) and r.parent_id in ids)
+        and not (r.kind in (KIND_TRIAL, KIND_FOLD, KIND_CV_FINAL) and r.parent_id in ids)
     ]

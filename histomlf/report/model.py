@@ -20,6 +20,7 @@ KIND_TUNE = "tune"
 KIND_TRIAL = "tune-trial"
 KIND_CV = "cv"
 KIND_FOLD = "cv-fold"
+KIND_CV_FINAL = "cv-final"
 KIND_REPORT = "report"
 ROW_KINDS = (KIND_TRAIN, KIND_TUNE, KIND_CV)
 """Kinds that become rows of the results table; trials and folds get sections of their own."""
