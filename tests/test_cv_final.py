@@ -72,6 +72,11 @@ def test_threshold_and_calibration_come_from_the_pooled_predictions() -> None:
     assert metrics["oof_ece"] < metrics["oof_ece_uncalibrated"]
     assert {"oof_roc_auc_ci_low", "oof_patient_roc_auc", "platt_slope"} <= set(metrics)
     assert not any(key.startswith("test_") for key in metrics)
+    assert scores.calibration == "platt"
+    # A model that ranks no better than chance gets no map, and says why.
+    inverted = score_out_of_fold(rows, 1 - probabilities, policy="youden", calibrate="platt",
+                                 seed=0)
+    assert inverted.platt.is_identity and inverted.calibration.startswith("none: Platt")
     identity = score_out_of_fold(rows, probabilities, policy="youden", calibrate="none", seed=0)
     assert identity.platt == PlattMap() and identity.metrics()["oof_ece"] == pytest.approx(
         metrics["oof_ece_uncalibrated"]

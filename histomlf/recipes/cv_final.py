@@ -95,8 +95,9 @@ class FinalScores:
 
     evaluation: Any  # Evaluation focused on the `oof` split, calibrated, at the mapped threshold
     raw_threshold: float
-    platt: Any  # PlattMap (the identity for calibrate=none)
+    platt: Any  # PlattMap (the identity for calibrate=none, or when no fit was possible)
     raw_probabilities: np.ndarray
+    calibration: str = "none"  # "platt", "none", or "none: <why no fit was possible>"
 
     def metrics(self) -> dict[str, float]:
         from histomlf.evaluation.metrics import expected_calibration_error
@@ -122,11 +123,16 @@ def score_out_of_fold(
 
     labels = rows["label"].to_numpy()
     raw_threshold = float(choose_threshold(labels, probabilities, policy))
-    platt = fit_platt(labels, probabilities) if calibrate == "platt" else PlattMap()
+    platt, calibration = PlattMap(), "none"
+    if calibrate == "platt":
+        try:
+            platt, calibration = fit_platt(labels, probabilities), "platt"
+        except ValueError as error:  # one class, or a model that ranks no better than chance
+            calibration = f"none: {error}"
     threshold = platt.threshold(raw_threshold)
     scores = score_split(rows, platt(probabilities), threshold)
     evaluation = evaluate_splits({OOF_SPLIT: scores}, threshold, focus=OOF_SPLIT, seed=seed)
-    return FinalScores(evaluation, raw_threshold, platt, probabilities)
+    return FinalScores(evaluation, raw_threshold, platt, probabilities, calibration)
 
 
 def final_model(folds: Sequence[FoldOutcome], platt: Any) -> Any:
@@ -167,7 +173,12 @@ def log_final(
             Tag.DATA_DIGEST: data_digest,
             Tag.SPLIT_DIGEST: split_digest,
         },
-        params={"final": "ensemble", "calibrate": calibrate, "fold_runs": fold_runs},
+        params={
+            "final": "ensemble",
+            "calibrate": calibrate,
+            "calibration": scores.calibration[:500],
+            "fold_runs": fold_runs,
+        },
     ) as run:
         metrics = scores.metrics()
         artifacts.log_evaluation(scores.evaluation)
