@@ -1,4 +1,8 @@
-"""`histomlf slide predict MODEL_URI SLIDE|FOLDER --out DIR`: whole-slide images."""
+"""`histomlf slide predict MODEL_URI SLIDE|FOLDER --out DIR`: whole-slide images.
+
+Options have snake_case twins (`--slide_mpp`): `mlflow run -e slide -P slide_mpp=0.25` passes
+undeclared parameters as `--slide_mpp 0.25`.
+"""
 
 from __future__ import annotations
 
@@ -25,18 +29,21 @@ def slide() -> None:
 )
 @click.option(
     "--slide-mpp",
+    "--slide_mpp",
     type=float,
     default=None,
     help="the slide's level-0 µm/px, for slides whose metadata lacks it (overrides it)",
 )
 @click.option(
     "--patch-mpp",
+    "--patch_mpp",
     type=float,
     default=None,
     help="the model's µm/px, only for models logged before they recorded it (Kaggle IDC: 4)",
 )
 @click.option(
     "--min-tissue",
+    "--min_tissue",
     type=click.FloatRange(0, 1),
     default=0.5,
     show_default=True,
@@ -51,12 +58,14 @@ def slide() -> None:
 )
 @click.option(
     "--ink-filter/--no-ink-filter",
+    "ink_filter",
     default=True,
     show_default=True,
     help="leave out pen-marker strokes (saturated but not H&E-coloured)",
 )
 @click.option(
     "--tissue-threshold",
+    "--tissue_threshold",
     type=click.FloatRange(0, 1),
     default=None,
     help="fixed HSV-saturation threshold of the tissue mask (default: Otsu, clipped)",

@@ -165,6 +165,15 @@ def _um_label(um: float) -> str:
     return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
 
 
+# Pictures are drawn from at most this many pixels a side (matplotlib resamples every pixel).
+DISPLAY_MAX_PX = 1000
+
+
+def display_step(shape: tuple[int, ...]) -> int:
+    """The stride that brings a thumbnail within `DISPLAY_MAX_PX` for drawing."""
+    return max(1, math.ceil(max(shape[:2]) / DISPLAY_MAX_PX))
+
+
 def _figure(thumb: np.ndarray):
     from matplotlib.figure import Figure
 
@@ -205,6 +214,8 @@ def write_heatmap(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    step = display_step(thumb.shape)
+    thumb, heat, tissue, mpp = thumb[::step, ::step], heat[::step, ::step], tissue[::step, ::step], mpp * step
     figure, axes = _figure(thumb)
     shown = np.ma.masked_where(~(tissue & np.isfinite(heat)), heat)
     axes.imshow(shown, cmap=colormaps["inferno"], vmin=0.0, vmax=1.0, alpha=0.8,
@@ -224,6 +235,8 @@ def write_tissue_png(
     path: Path, thumb: np.ndarray, tissue: np.ndarray, ink: np.ndarray, *, mpp: float, title: str
 ) -> Path:
     """The tissue mask's outline (green) and ink (blue) over the thumbnail, for QC."""
+    step = display_step(thumb.shape)
+    thumb, tissue, ink, mpp = thumb[::step, ::step], tissue[::step, ::step], ink[::step, ::step], mpp * step
     figure, axes = _figure(thumb)
     for mask, colour in ((tissue, "lime"), (ink, "blue")):
         if mask.any() and not mask.all():
