@@ -145,3 +145,28 @@ def synthetic_canvas(cells: int, *, seed: int = 0, tissue_share: float = 0.35) -
         if x + PATCH_SIZE <= size and y + PATCH_SIZE <= size:
             canvas[y : y + PATCH_SIZE, x : x + PATCH_SIZE] = patch
     return canvas
+
+
+def synthetic_slide(
+    out: Path,
+    *,
+    size_px: int = 40_000,
+    mpp: float = 0.25,
+    patch_mpp: float = 4.0,
+    seed: int = 0,
+    downsamples: Sequence[int] = (4,),
+) -> Path:
+    """A large synthetic H&E slide (`size_px`² at `mpp` µm/px), written tile by tile.
+
+    Its content is `synthetic_canvas` at `patch_mpp` (one synthetic patch per 200 µm cell)
+    enlarged by pixel replication, so the whole slide never exists in memory; the default
+    40,000² px at 0.25 µm/px is a 10 x 10 mm section, 4.8 GB of pixels.
+    """
+    scale = round(patch_mpp / mpp)
+    if abs(scale * mpp - patch_mpp) > 1e-9:
+        raise ValueError(f"patch_mpp / mpp must be a whole number, got {patch_mpp} / {mpp}")
+    cells = -(-size_px // (PATCH_SIZE * scale))
+    canvas = synthetic_canvas(cells, seed=seed)[: -(-size_px // scale), : -(-size_px // scale)]
+    return write_pyramid(
+        out, canvas, mpp=mpp, scale=scale, downsamples=downsamples, compression_level=1
+    )
