@@ -3,9 +3,9 @@ while the model scores.
 
 OpenSlide is thread-safe for reads and releases the GIL in its C library, as PIL does while
 resizing, so `workers` threads — each with its own handle, opened once — read and downsample
-batch after batch while the calling thread scores the previous one. At most `workers + 1`
-batches of `patch_px`² patches are held at any time (plus one region per reading thread), so
-memory does not grow with the slide.
+small chunks of tiles while the calling thread scores the previous batch. About two batches of
+`patch_px`² patches are held at any time (plus one region per reading thread), so memory does
+not grow with the slide.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
 
 
+# Tiles per read job: small enough that every thread has work even in a slide's one batch.
+READ_CHUNK = 16
+
+
 def read_batches(
     path: str | Path,
     plan: ReadPlan,
@@ -33,7 +37,11 @@ def read_batches(
     batch_size: int = 256,
     workers: int = 2,
 ) -> Iterator[np.ndarray]:
-    """`[n, patch_px, patch_px, 3]` uint8 batches of the tiles at (`xs`, `ys`), in order."""
+    """`[n, patch_px, patch_px, 3]` uint8 batches of the tiles at (`xs`, `ys`), in order.
+
+    Reads run as jobs of `READ_CHUNK` tiles on `workers` threads, at most two batches' worth in
+    flight, so the next batch is being read while the caller scores this one.
+    """
     local = threading.local()
     handles = []
     lock = threading.Lock()
@@ -44,31 +52,42 @@ def read_batches(
             slide = local.slide = open_slide(path)
             with lock:
                 handles.append(slide)
-        stop = min(start + batch_size, len(xs))
-        batch = np.empty((stop - start, plan.patch_px, plan.patch_px, 3), np.uint8)
+        stop = min(start + READ_CHUNK, len(xs))
+        chunk = np.empty((stop - start, plan.patch_px, plan.patch_px, 3), np.uint8)
         for row, index in enumerate(range(start, stop)):
-            batch[row] = read_patch(slide, plan, xs[index], ys[index])
-        return batch
+            chunk[row] = read_patch(slide, plan, xs[index], ys[index])
+        return chunk
 
-    starts = iter(range(0, len(xs), batch_size))
+    in_flight = max(workers, 2 * -(-batch_size // READ_CHUNK))
+    starts = iter(range(0, len(xs), READ_CHUNK))
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slide-read") as pool:
-        try:
-            for start in starts:
-                pending.append(pool.submit(read, start))
-                if len(pending) > workers:
-                    break
-            while pending:
-                batch = pending.popleft().result()
-                next_start = next(starts, None)
-                if next_start is not None:
-                    pending.append(pool.submit(read, next_start))
-                yield batch
-        finally:
-            for future in pending:
-                future.cancel()
-    for slide in handles:
-        slide.close()
+    parts: list[np.ndarray] = []
+    held = 0
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slide-read") as pool:
+            try:
+                for start in starts:
+                    pending.append(pool.submit(read, start))
+                    if len(pending) >= in_flight:
+                        break
+                while pending:
+                    chunk = pending.popleft().result()
+                    next_start = next(starts, None)
+                    if next_start is not None:
+                        pending.append(pool.submit(read, next_start))
+                    parts.append(chunk)
+                    held += len(chunk)
+                    if held >= batch_size or not pending:
+                        batch = np.concatenate(parts)
+                        parts, held = [], 0
+                        for offset in range(0, len(batch), batch_size):
+                            yield batch[offset : offset + batch_size]
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        for slide in handles:
+            slide.close()
 
 
 def score_tiles(
