@@ -119,11 +119,23 @@ def test_old_model_without_scale_needs_patch_mpp(slide_store, stitched_slides, t
     result = _slide_predict(slide_store, slide_store.old_model_uri, str(stitched_slides.fine),
                             "--out", str(tmp_path / "a"), expect_exit=1)  # fmt: skip
     assert "--patch-mpp" in result.output.strip().splitlines()[-1]
-    _slide_predict(slide_store, slide_store.old_model_uri, str(stitched_slides.fine),
-                   "--out", str(tmp_path / "b"), "--patch-mpp", "4")  # fmt: skip
-    summary = json.loads((tmp_path / "b" / SlideArtifact.SUMMARY).read_text())
+    # The Python API the web page and Spark tasks call: one function, a progress callback.
+    from histomlf.slides.predict import SlideOptions, predict_slide
+    from histomlf.tracking.slides import load_slide_model
+
+    with tracking_env(MLFLOW_TRACKING_URI=slide_store.tracking_uri):
+        model = load_slide_model(slide_store.old_model_uri, patch_mpp=4.0)
+    calls: list[tuple[int, int]] = []
+    result = predict_slide(stitched_slides.fine, model, SlideOptions(stride=25), tmp_path / "b",
+                           progress=lambda done, total: calls.append((done, total)))
+    summary = result.summary
+    assert json.loads(result.files["summary"].read_text()) == summary
     # 2 µm/px slide with levels x2, x4: the x2 level is the model's 4 µm/px, read 1:1.
     assert (summary["level"], summary["read_downsample"], summary["patch_mpp"]) == (1, 1.0, 4.0)
+    assert summary["stride_px_level0"] == 50.0  # half of the 100 px tile: overlapping tiles
+    tiles = pd.read_csv(result.files["tiles_csv"])
+    assert (tiles["minx"] % 50 == 0).all() and 50 in set(np.diff(np.unique(tiles["minx"])))
+    assert calls[0] == (0, summary["tiles"]) and calls[-1] == (summary["tiles"],) * 2
 
 
 @pytest.fixture(scope="module")

@@ -177,6 +177,8 @@ def _one_line(error: BaseException) -> str:
 
 # A thumbnail's longest side: enough to resolve a 200 µm tile on a 20 mm slide in ~20 px.
 THUMBNAIL_MAX_PX = 2048
+# A pyramid level up to this many times coarser than asked is used as the thumbnail as is.
+THUMBNAIL_SLACK = 3.0
 # Read a thumbnail in regions of at most this many pixels a side at the level read (16 MB RGBA).
 _THUMB_REGION_PX = 2048
 
@@ -205,6 +207,10 @@ def read_thumbnail(slide, slide_mpp: float, downsample: float) -> Thumbnail:
     `k` (rounded up: a thumbnail a little coarser, never larger), so regions tile it exactly.
     """
     level = slide.get_best_level_for_downsample(downsample)
+    coarser = [i for i, ds in enumerate(slide.level_downsamples)
+               if downsample <= ds <= THUMBNAIL_SLACK * downsample]
+    if coarser:  # a pyramid level a little coarser beats reading a finer level whole
+        level = min(coarser, key=lambda i: slide.level_downsamples[i])
     level_ds = float(slide.level_downsamples[level])
     k = max(1, math.ceil(downsample / level_ds - 1e-6))
     level_w, level_h = slide.level_dimensions[level]
