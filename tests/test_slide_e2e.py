@@ -62,7 +62,8 @@ def test_stitched_patient_matches_histomlf_predict_on_its_patches(
     assert summary["tiles"] == summary["tiles_total"] == len(tiles)  # every grid cell scored
     assert (summary["level"], summary["read_downsample"]) == (0, 1.0)
     error = _compare(tiles, patch_predictions, stitched_slides.patient_dir, 1)
-    print(f"max |slide - predict| = {error:.2e} over {len(patient_patches(stitched_slides.patient_dir))} patches")
+    count = len(patient_patches(stitched_slides.patient_dir))
+    print(f"max |slide - predict| = {error:.2e} over {count} patches")
     assert error <= TOLERANCE
     assert (summary["model_name"], summary["model_version"]) == ("idc-slides", "1")
 

@@ -1,4 +1,4 @@
-"""Whole-slide images: read a slide at a model's scale, mask its tissue, score its tiles, write maps.
+"""Whole-slide images: read a slide at a model's scale, mask its tissue, score tiles, write maps.
 
 One module per job: `reader` (OpenSlide, µm/px, which level to read), `tissue` (the mask and the
 ink filter on a thumbnail), `grid` (tile positions and stride), `scoring` (bounded batches

@@ -42,7 +42,8 @@ class TileGrid:
 
 
 def tile_grid(width: int, height: int, size_px: float, stride_px: float | None = None) -> TileGrid:
-    """The tiles of a `width` x `height` slide, `size_px` wide, every `stride_px` (default: size)."""
+    """The tiles of a `width` x `height` slide, `size_px` wide, every `stride_px` (default:
+    `size_px`)."""
     stride = float(stride_px or size_px)
     if not (size_px > 0 and stride > 0):
         raise ValueError(f"tile size and stride must be positive, got {size_px} and {stride}")

@@ -103,7 +103,9 @@ def idc_regions(tiles: pd.DataFrame, width: int, height: int, mpp: float):
         positive["minx"], positive["miny"],
         positive["minx"] + positive["width"], positive["miny"] + positive["height"],
     )  # fmt: skip
-    union = shapely.make_valid(shapely.union_all(boxes)).intersection(bounds) if len(boxes) else None
+    union = None
+    if len(boxes):
+        union = shapely.make_valid(shapely.union_all(boxes)).intersection(bounds)
     polygons = [] if union is None or union.is_empty else _polygons(union)
     centres_x = (positive["minx"] + positive["width"] / 2).to_numpy()
     centres_y = (positive["miny"] + positive["height"] / 2).to_numpy()
@@ -215,7 +217,8 @@ def write_heatmap(
     from matplotlib.colors import Normalize
 
     step = display_step(thumb.shape)
-    thumb, heat, tissue, mpp = thumb[::step, ::step], heat[::step, ::step], tissue[::step, ::step], mpp * step
+    thumb, heat, tissue = thumb[::step, ::step], heat[::step, ::step], tissue[::step, ::step]
+    mpp *= step
     figure, axes = _figure(thumb)
     shown = np.ma.masked_where(~(tissue & np.isfinite(heat)), heat)
     axes.imshow(shown, cmap=colormaps["inferno"], vmin=0.0, vmax=1.0, alpha=0.8,
@@ -236,7 +239,8 @@ def write_tissue_png(
 ) -> Path:
     """The tissue mask's outline (green) and ink (blue) over the thumbnail, for QC."""
     step = display_step(thumb.shape)
-    thumb, tissue, ink, mpp = thumb[::step, ::step], tissue[::step, ::step], ink[::step, ::step], mpp * step
+    thumb, tissue, ink = thumb[::step, ::step], tissue[::step, ::step], ink[::step, ::step]
+    mpp *= step
     figure, axes = _figure(thumb)
     for mask, colour in ((tissue, "lime"), (ink, "blue")):
         if mask.any() and not mask.all():

@@ -35,7 +35,7 @@ class SlideError(ValueError):
 
 
 def open_slide(path: str | Path):
-    """An `openslide.OpenSlide` for `path`, or `SlideError` naming the file and OpenSlide's reason."""
+    """An `openslide.OpenSlide` for `path`, or `SlideError` naming the file and the reason."""
     import openslide
 
     path = Path(path)
@@ -165,7 +165,9 @@ def find_slides(source: str | Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise SlideError(f"{source}: no such slide file or folder")
-    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+    found = sorted(
+        p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
+    )
     if not found:
         raise SlideError(f"{source}: no slide files ({', '.join(SLIDE_SUFFIXES)}) in this folder")
     return found

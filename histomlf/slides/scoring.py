@@ -64,7 +64,8 @@ def read_batches(
     parts: list[np.ndarray] = []
     held = 0
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slide-read") as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slide-read")
+        with pool:
             try:
                 for start in starts:
                     pending.append(pool.submit(read, start))

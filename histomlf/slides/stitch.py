@@ -36,7 +36,7 @@ def patient_patches(patient_dir: Path) -> list[tuple[int, int, int, Path]]:
         if match:
             found.append((int(match[1]), int(match[2]), int(match[3]), path))
     if not found:
-        raise ValueError(f"{patient_dir}: no Kaggle-layout patches (<pid>/<0|1>/*_x*_y*_class*.png)")
+        raise ValueError(f"{patient_dir}: no Kaggle-layout patches (<0|1>/*_x*_y*_class*.png)")
     return found
 
 
