@@ -129,6 +129,12 @@ def test_ink_filter_takes_out_a_synthetic_green_and_blue_stroke() -> None:
         assert mask.stained[rows, 80:320].mean() > 0.9
     assert mask.tissue[170:230, 80:320].mean() > 0.95
     assert not ink_mask(image[170:230, 80:320], 2.0).any()
+    # A 60 µm tile on the green stroke is stained but not tissue: dropped by the ink filter.
+    xs, ys = np.array([200, 200]), np.array([200, 400])  # level-0 px at 1 µm/px, mask 2 µm/px
+    stained = tile_shares(mask.stained, xs, ys, 60.0, 2.0)
+    kept = tile_shares(mask.tissue, xs, ys, 60.0, 2.0)
+    assert stained[0] > 0.9 and kept[0] < 0.1  # on the stroke (rows 100-130 of the mask)
+    assert stained[1] > 0.9 and kept[1] > 0.9  # plain H&E
 
 
 def test_grid_strides_and_tile_shares() -> None:
