@@ -230,3 +230,4 @@ def test_folder_run_record_reads_back_through_the_schema(slide_store, folder_run
     assert not any("label" in a or "macro" in a for a in cmu["artifacts"])
     broken = records["unreadable.svs"]
     assert broken["status"] == "FAILED" and "unreadable.svs" in broken["tags"][Tag.SLIDE_ERROR]
+    assert len(broken["tags"][Tag.SLIDE_SHA256]) == 64  # identified by content, failed or not

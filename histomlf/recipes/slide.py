@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histomlf.schema import SlideArtifact
+from histomlf.schema import SlideArtifact, Tag
 from histomlf.slides.predict import SlideOptions, SlideResult, predict_slide
 from histomlf.slides.reader import SlideError, find_slides
 from histomlf.tracking import slides as tracked
@@ -60,7 +60,8 @@ def predict_slides(
     result = SlideBatchResult()
     if source.is_file():
         with tracked.slide_run(model, source, params, nested=False) as run_id:
-            scored = predict_slide(source, model, options, out, progress=_bind(progress, source))
+            scored = predict_slide(source, model, options, out, progress=_bind(progress, source),
+                                   sha256=tracked.run_tag(run_id, Tag.SLIDE_SHA256))
             tracked.log_slide_result(scored)
         result.rows.append(_row(source, scored, run_id))
         result.run_id = run_id
@@ -73,7 +74,8 @@ def predict_slides(
             try:
                 with tracked.slide_run(model, slide, params, nested=True) as run_id:
                     scored = predict_slide(
-                        slide, model, options, out / slide.stem, progress=_bind(progress, slide)
+                        slide, model, options, out / slide.stem, progress=_bind(progress, slide),
+                        sha256=tracked.run_tag(run_id, Tag.SLIDE_SHA256),
                     )
                     tracked.log_slide_result(scored)
                 result.rows.append(_row(slide, scored, run_id))

@@ -92,17 +92,20 @@ def predict_slide(
     out_dir: str | Path,
     *,
     progress: Progress | None = None,
+    sha256: str | None = None,
 ) -> SlideResult:
     """Score the slide at `path` at the model's scale and write every output into `out_dir`.
 
-    `progress(done, total)` is called as tiles are scored. Raises `SlideError` (one line) for a
-    slide that cannot be opened, read, or scored at this scale.
+    `progress(done, total)` is called as tiles are scored; `sha256` is the file's digest if the
+    caller has it already (hashing a multi-GB slide twice costs seconds). Raises `SlideError`
+    (one line) for a slide that cannot be opened, read, or scored at this scale.
     """
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
     slide = open_slide(path)
     try:
         result = _predict_open_slide(path, slide, model, options, out_dir, progress)
+        result.summary["slide_sha256"] = sha256 or sha256_of(path)
     except SlideError:
         raise
     except Exception as error:  # OpenSlide raises its own errors on a corrupt tile mid-slide
@@ -184,7 +187,7 @@ def _predict_open_slide(
     tile_um = model.patch_px * model.patch_mpp
     summary = {
         "slide": path.name,
-        "slide_sha256": sha256_of(path),
+        "slide_sha256": "",  # filled in by predict_slide
         "width_px": width,
         "height_px": height,
         "vendor": slide.properties.get("openslide.vendor", ""),

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from histomlf.data.patches import PATCH_SIZE
 from histomlf.schema import SLIDE_METRICS, ModelMetadata, RunKind, SlideArtifact, Tag
 from histomlf.slides.predict import SlideModel, SlideResult
-from histomlf.slides.reader import SlideError
+from histomlf.slides.reader import SlideError, sha256_of
 from histomlf.tracking import runs
 from histomlf.tracking.pyfunc import predict_patches
 from histomlf.tracking.scoring import load_model, model_threshold
@@ -113,7 +113,8 @@ def batch_run(model: SlideModel, source: str, params: Mapping[str, Any]) -> Iter
 def slide_run(
     model: SlideModel, slide: Path, params: Mapping[str, Any], *, nested: bool
 ) -> Iterator[str]:
-    """One slide's run (nested under the active batch run when `nested`); yields its run id.
+    """One slide's run (nested under the active batch run when `nested`), tagged with the
+    slide's SHA-256 before it is read; yields its run id.
 
     A `SlideError` inside marks the run FAILED with the reason as a tag and is re-raised.
     """
@@ -124,6 +125,8 @@ def slide_run(
     )
     with opener as run:
         runs.log_resolved_params({**params, "model_uri": model.uri})
+        if slide.is_file():  # by content, failed slides too
+            runs.set_tags({Tag.SLIDE_SHA256: sha256_of(slide)})
         try:
             yield run.info.run_id
         except SlideError as error:
@@ -134,7 +137,6 @@ def slide_run(
 def log_slide_result(result: SlideResult) -> None:
     """The summary as metrics, SHA-256 as a tag, every output file as an artifact."""
     summary = result.summary
-    runs.set_tags({Tag.SLIDE_SHA256: summary["slide_sha256"]})
     metrics = {
         key: float(summary[key])
         for key in (*SLIDE_METRICS, *_EXTRA_METRICS)
@@ -154,6 +156,11 @@ def log_folder_table(path: Path) -> None:
     if path.name != SlideArtifact.FOLDER_SUMMARY:
         raise ValueError(f"expected {SlideArtifact.FOLDER_SUMMARY}, got {path.name}")
     mlflow.log_artifact(str(path))
+
+
+def run_tag(run_id: str, key: str) -> str | None:
+    """One tag of a run (None when unset)."""
+    return MlflowClient().get_run(run_id).data.tags.get(key)
 
 
 def run_record(run_id: str) -> dict[str, Any]:
