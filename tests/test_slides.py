@@ -195,3 +195,15 @@ def test_find_slides_lists_slide_files_of_a_folder(real_slides, tmp_path) -> Non
     assert find_slides(real_slides.cmu) == [real_slides.cmu]
     with pytest.raises(SlideError, match="no slide files"):
         find_slides(tmp_path)
+
+
+def test_slide_synth_writes_a_synthetic_slide_openslide_reads(tmp_path) -> None:
+    from study_store import invoke_cli
+
+    out = tmp_path / "synthetic.tif"
+    invoke_cli("slide", "synth", str(out), "--size-px", "2400", "--mpp", "1")
+    slide = open_slide(out)
+    assert slide.dimensions == (2400, 2400) and slide.level_downsamples == (1.0, 4.0)
+    assert slide_mpp(slide) == (pytest.approx(1.0), "openslide")
+    thumb = read_thumbnail(slide, 1.0, 4.0)
+    assert 0.1 < tissue_mask(thumb.rgb, thumb.mpp).tissue.mean() < 0.6  # tissue on glass

@@ -139,3 +139,24 @@ def predict(
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+@slide.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--size-px", type=click.IntRange(min=1000), default=40_000, show_default=True,
+              help="width and height of level 0 in pixels")
+@click.option("--mpp", type=click.Choice(["0.25", "0.5", "1", "2", "4"]), default="0.25",
+              show_default=True, help="level-0 µm/px (a divisor of the patches' 4 µm/px)")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out: Path, size_px: int, mpp: str, seed: int) -> None:
+    """Write a synthetic H&E slide (pyramidal TIFF) from the spatial synthetic generator.
+
+    One ragged piece of tissue with coherent IDC blobs, each 200 µm cell one synthetic patch,
+    written tile by tile (a 40,000² px slide never exists in memory), for demos and benchmarks.
+    """
+    from histomlf.slides.stitch import synthetic_slide
+
+    levels = tuple(d for d in (4, 16) if size_px // d >= 512)
+    path = synthetic_slide(out, size_px=size_px, mpp=float(mpp), seed=seed, downsamples=levels)
+    pyramid = ", x".join(map(str, (1, *levels)))
+    click.echo(f"wrote {path} ({size_px}² px at {mpp} µm/px, levels x{pyramid})")
