@@ -113,7 +113,7 @@ def uncalibrated_ece(model_uri: str, rows: Any) -> float:
     predictor = as_predictor(mean, 256)
     chunks = np.array_split(rows["path"].to_numpy(), max(1, len(rows) // 256))
     probabilities = np.concatenate(
-        [predictor(np.stack([decode_patch(Path(p).read_bytes()) for p in chunk])) for chunk in chunks]
+        [predictor(np.stack([decode_patch(Path(p).read_bytes()) for p in part])) for part in chunks]
     )
     return expected_calibration_error(rows["label"].to_numpy(), probabilities)
 

@@ -39,6 +39,10 @@ DEFAULT_EXPERIMENT = "default"
 # What the default becomes when no data is given: a minutes-long run on synthetic patches.
 DEMO_EXPERIMENT = "demo"
 DATA_DIR_ENV = "HISTOMLF_DATA_DIR"
+# µm/px of the Kaggle IDC patches: 40x scans (~0.25 µm/px) downsampled 16x to 2.5x before
+# cutting, as the papers describe (Cruz-Roa 2014; Janowczyk & Madabhushi 2016). The papers'
+# figure, not a measurement; another dataset sets `patch_mpp` to its own.
+KAGGLE_PATCH_MPP = 4.0
 
 RUN = "run"
 """`field.metadata["role"]` of a setting that says how this run is run, not what is trained."""
@@ -154,6 +158,11 @@ class TrainConfig:
         "or synthetic)",
         role=RUN,
     )
+    patch_mpp: float = setting(
+        KAGGLE_PATCH_MPP,
+        "µm/px of the training patches, recorded with the model for slide scoring (Kaggle "
+        "IDC: 4, the papers' 40x downsampled 16x; not measured)",
+    )
     val_fraction: float = setting(0.15, "fraction of patients for validation")
     test_fraction: float = setting(0.15, "fraction of patients for test")
     register_as: str = setting(
@@ -187,6 +196,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.patch_mpp) and self.patch_mpp > 0):
+            raise ConfigError(f"patch_mpp must be a positive µm/px, got {self.patch_mpp}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from histomlf.choices import CALIBRATION_CHOICES, FINAL_CHOICES
 from histomlf.cli.errors import check_tracking_server, shown_as_one_line
 from histomlf.cli.options import (
     config_options,
@@ -15,7 +16,6 @@ from histomlf.cli.options import (
     load_checked_config,
     use_experiment_name,
 )
-from histomlf.choices import CALIBRATION_CHOICES, FINAL_CHOICES
 from histomlf.errors import UserError
 from histomlf.model_uri import check_model_uri
 

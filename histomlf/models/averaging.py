@@ -13,8 +13,8 @@ map of the logit: `histomlf.evaluation.calibration`) as the model's last layer, 
 reads the model's output — serving, heatmaps, the web page — reads calibrated P(IDC).
 
 `averaged_branches(model)` undoes the wrapping for Grad-CAM (calibration included: Grad-CAM
-explains the classifiers' own logits, which the increasing map does not reorder): the classifiers inside, with the
-views each one sees and its weight in the average.
+explains the classifiers' own logits, which the increasing map does not reorder): the
+classifiers inside, with the views each one sees and its weight in the average.
 
 Fold ensembles: a member trained on patient fold k has seen fold k's train (and validation)
 patients, so an ensemble of fold models may only be scored on patients none of its members

@@ -59,10 +59,9 @@ def cross_validate(
     scores (`histomlf.recipes.cv_final`), registered under `register_as` when given; the
     result gains `"final"`.
     """
-    from histomlf.recipes.cv_final import FoldOutcome, check_final, log_final
-
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
+    from histomlf.recipes.cv_final import FoldOutcome, check_final, log_final
     from histomlf.recipes.train import demo_named, model_metadata
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score

@@ -58,7 +58,7 @@ def check_final(final: str, calibrate: str, folds: int, only_folds: Sequence[int
     if final != "none" and only_folds and len(set(only_folds)) < folds:
         raise ConfigError(
             "a final model needs every fold (its out-of-fold scores cover every patient); "
-            f"drop only_folds or use final=none"
+            "drop only_folds or use final=none"
         )
 
 
