@@ -27,6 +27,10 @@ DEFAULT_EXPERIMENT = "default"
 # What the default becomes when no data is given: a minutes-long run on synthetic patches.
 DEMO_EXPERIMENT = "demo"
 DATA_DIR_ENV = "HISTOMLF_DATA_DIR"
+# µm/px of the Kaggle IDC patches: 40x scans (~0.25 µm/px) downsampled 16x to 2.5x before
+# cutting, as the papers describe (Cruz-Roa 2014; Janowczyk & Madabhushi 2016). The papers'
+# figure, not a measurement; another dataset sets `patch_mpp` to its own.
+KAGGLE_PATCH_MPP = 4.0
 
 AUGMENT_CHOICES = ("none", "light", "strong", "stronger")
 BALANCE_CHOICES = ("class_weight", "undersample", "none")
@@ -75,6 +79,7 @@ class TrainConfig:
     max_samples: int = 0
     seed: int = 42
     data_dir: str = ""
+    patch_mpp: float = KAGGLE_PATCH_MPP
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     register_as: str = ""
@@ -98,6 +103,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.patch_mpp) and self.patch_mpp > 0):
+            raise ConfigError(f"patch_mpp must be a positive µm/px, got {self.patch_mpp}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

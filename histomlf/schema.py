@@ -60,6 +60,7 @@ class Tag:
     # slides (issue 22)
     SLIDE_SHA256 = "histomlf.slide_sha256"
     SLIDE_NAME = "histomlf.slide_name"
+    SLIDE_ERROR = "histomlf.slide_error"
 
 
 class SlideArtifact:
@@ -76,3 +77,15 @@ class SlideArtifact:
 
 # The probability column of tile tables: WSInfer's ``prob_<class>`` convention.
 PROB_COLUMN = "prob_idc"
+
+
+class ModelMetadata:
+    """Keys of a logged model's `metadata` (and of its registered version's tags) that say what
+    its input is: `patch_px` pixels a side at `patch_mpp` µm/px (issue 22)."""
+
+    PATCH_PX = "patch_px"
+    PATCH_MPP = "patch_mpp"
+
+
+# The metrics of a slide run (issue 22): the summary figures the MLflow UI compares slides by.
+SLIDE_METRICS = ("idc_area_mm2", "idc_share", "tissue_area_mm2", "tiles")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "histomlf"
-BELOW_RECIPES = ("data", "training", "tuning", "evaluation", "models", "tracking", "serving")
+BELOW_RECIPES = (
+    "data", "training", "tuning", "evaluation", "models", "tracking", "serving", "slides",
+)
 
 
 def module_name(path: Path) -> str:

@@ -48,6 +48,8 @@ HELP = {
     "max_samples": "use at most this many patches in total, stratified (0: all)",
     "seed": "random seed (splits, shuffling, weights)",
     "data_dir": "dataset folder in the Kaggle layout (empty: $HISTOMLF_DATA_DIR or synthetic)",
+    "patch_mpp": "µm/px of the training patches, recorded with the model for slide scoring "
+    "(Kaggle IDC: 4, the papers' 40x downsampled 16x; not measured)",
     "val_fraction": "fraction of patients for validation",
     "test_fraction": "fraction of patients for test",
     "register_as": "register the model under this name and apply the champion gate",

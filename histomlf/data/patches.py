@@ -15,6 +15,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from histomlf.schema import ModelMetadata
+
 PATCH_SIZE = 50
 CHANNELS = 3
 PAD_VALUE = 255
@@ -50,6 +52,12 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         scale = 255.0 / max(float(array16.max()), 1.0)
         image = Image.fromarray((array16 * scale).astype(np.uint8))
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def patch_scale(patch_mpp: float) -> dict[str, str]:
+    """The physical size of a model's input, as logged with every model (metadata, run params,
+    registered version tags): `PATCH_SIZE` px a side at `patch_mpp` µm/px (issue 22)."""
+    return {ModelMetadata.PATCH_PX: str(PATCH_SIZE), ModelMetadata.PATCH_MPP: str(patch_mpp)}
 
 
 class PatchDecodeError(ValueError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig
+from histomlf.data.patches import patch_scale
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.recipes.explain import explain_run
@@ -73,6 +74,7 @@ def model_metadata(config: TrainConfig, data: Any) -> dict[str, str]:
         "model": config.model,
         "data_digest": data.data_digest,
         "split_digest": data.split_digest,
+        **patch_scale(config.patch_mpp),
     }
 
 
@@ -88,6 +90,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         run_id = run.info.run_id
         runs.log_config(config)
         runs.log_environment()
+        runs.log_resolved_params(patch_scale(config.patch_mpp))
         runs.set_tags({"histomlf.kind": "train"})
         if config.experiment == DEMO_EXPERIMENT:
             runs.set_tags({"histomlf.demo": "true"})
@@ -160,6 +163,7 @@ def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, ru
         tags={
             "model": config.model,
             "experiment": config.experiment,
+            **patch_scale(config.patch_mpp),
             **{k: str(v) for k, v in git_state().items()},
         },
         score_champion=score_champion,
