@@ -276,7 +276,7 @@ def test_a_slide_job_from_upload_to_downloads(tmp_path: Path, real_slides) -> No
     result = html.unescape(client.get(page_url).text)
     assert "http-equiv" not in result and 'id="heatmap"' in result
     assert summary["caveat"] in result and "not recorded in MLflow" in result
-    for key, _, fmt in FIGURES:
+    for _, key, _, fmt in FIGURES:
         assert f'data-key="{key}"' in result and figure(summary, key, fmt) in result
     assert client.get(f"/slide/{job}/mlflow.db").status_code == 404  # only the outputs
     assert client.get(f"/slide/{job}/..%2f..%2fetc%2fpasswd").status_code == 404
@@ -332,8 +332,8 @@ def test_slides_through_the_form_in_chromium(
             assert summary["slide"] == slide.name
             assert summary["model_name"] == "idc-slides" and summary["model_version"] == "1"
             shown = {dd.get_attribute("data-key"): (dd.get_attribute("data-value"), dd.text)
-                     for dd in page.find_elements("css selector", "dl.slide-summary dd")}
-            for key, _, fmt in FIGURES:
+                     for dd in page.find_elements("css selector", "dl.slide-summary dd[data-key]")}
+            for _, key, _, fmt in FIGURES:
                 value, text = shown[key]
                 assert float(value) == summary[key], key  # exact: the value itself is in the page
                 assert text == figure(summary, key, fmt), key

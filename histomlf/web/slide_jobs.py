@@ -277,23 +277,23 @@ def finite(value: Any) -> Any:
 
 
 FIGURES = (
-    ("tissue_area_mm2", "Tissue area", "{:.2f} mm²"),
-    ("idc_area_mm2", "Predicted IDC area", "{:.2f} mm²"),
-    ("idc_share", "IDC share of the tissue", "{:.1%}"),
-    ("idc_foci", "IDC foci (connected groups of positive tiles)", "{:,}"),
-    ("largest_focus_area_mm2", "Largest focus, area", "{:.2f} mm²"),
-    ("largest_focus_extent_mm", "Largest focus, size", "{:.2f} mm"),
-    ("tiles", "Tiles scored", "{:,}"),
-    ("tiles_positive", "Tiles at or above the threshold", "{:,}"),
-    ("tiles_dropped_tissue", "Tiles skipped: glass / too little tissue", "{:,}"),
-    ("tiles_dropped_ink", "Tiles skipped: pen ink", "{:,}"),
-    ("slide_mpp", "Slide resolution", "{:.3f} µm/px"),
-    ("level", "Pyramid level read", "{}"),
-    ("read_downsample", "Downsampled from that level by", "×{:.2f}"),
-    ("threshold", "Decision threshold", "{:.3f}"),
-    ("seconds", "Time to score", "{:.1f} s"),
+    ("Findings", "tissue_area_mm2", "Tissue area", "{:.2f} mm²"),
+    ("Findings", "idc_area_mm2", "Predicted IDC area", "{:.2f} mm²"),
+    ("Findings", "idc_share", "IDC share of the tissue", "{:.1%}"),
+    ("Findings", "idc_foci", "IDC foci (connected positive tiles)", "{:,}"),
+    ("Findings", "largest_focus_area_mm2", "Largest focus, area", "{:.2f} mm²"),
+    ("Findings", "largest_focus_extent_mm", "Largest focus, longest extent", "{:.2f} mm"),
+    ("Tiles", "tiles", "Tiles scored", "{:,}"),
+    ("Tiles", "tiles_positive", "Tiles at or above the threshold", "{:,}"),
+    ("Tiles", "tiles_dropped_tissue", "Skipped: glass / too little tissue", "{:,}"),
+    ("Tiles", "tiles_dropped_ink", "Skipped: pen ink", "{:,}"),
+    ("How it was read", "slide_mpp", "Slide resolution", "{:.3f} µm/px"),
+    ("How it was read", "level", "Pyramid level read", "{}"),
+    ("How it was read", "read_downsample", "Downsampled from that level by", "×{:.2f}"),
+    ("How it was read", "threshold", "Decision threshold", "{:.3f}"),
+    ("How it was read", "seconds", "Time to score", "{:.1f} s"),
 )
-"""The summary figures the job page shows: (summary.json key, label, format)."""
+"""The summary figures the job page shows: (group, summary.json key, label, format)."""
 
 
 def figure(summary: dict[str, Any], key: str, fmt: str) -> str:
