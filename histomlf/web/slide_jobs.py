@@ -298,6 +298,8 @@ FIGURES = (
 
 def figure(summary: dict[str, Any], key: str, fmt: str) -> str:
     value = summary.get(key)
+    if key.startswith("largest_focus") and summary.get("idc_foci") == 0:
+        return "none (no IDC focus)"
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return fmt.format(value)
