@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.web.security import DEFAULT_SCORING_SLOTS  # stdlib only: the CLI stays fast
+from histomlf.web.security import (  # stdlib only: the CLI stays fast
+    DEFAULT_SCORING_SLOTS,
+    DEFAULT_SLIDE_MB,
+    DEFAULT_SLIDE_SLOTS,
+    MAX_SLIDE_MB,
+)
 
 DEFAULT_MODEL = "models:/idc-classifier@champion"
 
@@ -24,9 +29,17 @@ DEFAULT_MODEL = "models:/idc-classifier@champion"
 @click.option("--scoring-slots", type=click.IntRange(1, 64), default=DEFAULT_SCORING_SLOTS,
               show_default=True,
               help="uploads scored at once; one more is answered 503 with Retry-After")
+@click.option("--slide-max-mb", type=click.IntRange(1, MAX_SLIDE_MB), default=DEFAULT_SLIDE_MB,
+              show_default=True,
+              help="largest whole-slide file accepted, in MB (streamed to a private temporary "
+              "file; 413 past it)")
+@click.option("--slide-slots", type=click.IntRange(1, 8), default=DEFAULT_SLIDE_SLOTS, show_default=True,
+              help="slides uploaded or scored at once, apart from --scoring-slots; one more "
+              "is answered 503 with Retry-After")
 def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None,
-        scoring_slots: int) -> None:
-    """Serve the web page: upload patches or a patient's zip, see P(IDC), Grad-CAM, the map."""
+        scoring_slots: int, slide_max_mb: int, slide_slots: int) -> None:
+    """Serve the web page: upload patches, a patient's zip or a whole-slide image; see P(IDC),
+    Grad-CAM, the patient map, the slide's heatmap."""
     check_tracking_server()
     from histomlf.tracking.model_card import ModelCardError, describe_model
 
@@ -38,6 +51,6 @@ def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None,
 
     try:
         serve(card, host=host, port=port, mlflow_ui_url=mlflow_ui_url,
-              scoring_slots=scoring_slots)
+              scoring_slots=scoring_slots, slide_max_mb=slide_max_mb, slide_slots=slide_slots)
     except user_errors() as error:
         raise click.ClickException(str(error).strip().splitlines()[-1]) from error

@@ -28,6 +28,11 @@ DEFAULT_SCORING_SLOTS = 2
 """Scoring requests in flight: the model calls are serialised anyway (`Scorer`'s lock), so
 more would only hold more uploads in memory on this 2-core machine."""
 RETRY_AFTER_S = 5
+DEFAULT_SLIDE_MB = 200
+MAX_SLIDE_MB = 16 * 1024
+"""The slide upload's cap, per file (`histomlf web --slide-max-mb`, up to 16 GB)."""
+DEFAULT_SLIDE_SLOTS = 1
+"""Slides at once: one slide already keeps both cores busy (two reading threads + the model)."""
 
 PAGE_POLICY = (
     "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
