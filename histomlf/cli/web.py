@@ -33,7 +33,8 @@ DEFAULT_MODEL = "models:/idc-classifier@champion"
               show_default=True,
               help="largest whole-slide file accepted, in MB (streamed to a private temporary "
               "file; 413 past it)")
-@click.option("--slide-slots", type=click.IntRange(1, 8), default=DEFAULT_SLIDE_SLOTS, show_default=True,
+@click.option("--slide-slots", type=click.IntRange(1, 8), default=DEFAULT_SLIDE_SLOTS,
+              show_default=True,
               help="slides uploaded or scored at once, apart from --scoring-slots; one more "
               "is answered 503 with Retry-After")
 def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None,

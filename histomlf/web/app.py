@@ -41,6 +41,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from histomlf import __version__
+from histomlf.slides.predict import SlideModel
+from histomlf.slides.reader import SLIDE_SUFFIXES
 from histomlf.tracking.notes import metric_with_interval
 from histomlf.web import about
 from histomlf.web.limits import MB, BodyLimit, RequestTooLarge
@@ -50,8 +52,6 @@ from histomlf.web.results import (
     score_patches,
     score_patient,
 )
-from histomlf.slides.predict import SlideModel
-from histomlf.slides.reader import SLIDE_SUFFIXES
 from histomlf.web.schemas import (
     ErrorAnswer,
     ModelSummary,
@@ -62,6 +62,15 @@ from histomlf.web.schemas import (
     refused,
 )
 from histomlf.web.scorer import Scorer
+from histomlf.web.security import (
+    DEFAULT_SCORING_SLOTS,
+    DEFAULT_SLIDE_MB,
+    DEFAULT_SLIDE_SLOTS,
+    Busy,
+    ScoringSlots,
+    SecurityHeaders,
+    docs_policy,
+)
 from histomlf.web.slide_jobs import (
     FIGURES,
     FILES,
@@ -74,15 +83,6 @@ from histomlf.web.slide_jobs import (
     slide_model_of,
 )
 from histomlf.web.slide_upload import SLIDE_FIELD, save_slide
-from histomlf.web.security import (
-    DEFAULT_SCORING_SLOTS,
-    DEFAULT_SLIDE_MB,
-    DEFAULT_SLIDE_SLOTS,
-    Busy,
-    ScoringSlots,
-    SecurityHeaders,
-    docs_policy,
-)
 from histomlf.web.uploads import UploadError, decode_files, read_patient_zip
 
 HERE = Path(__file__).resolve().parent

@@ -39,8 +39,8 @@ from histomlf.schema import SlideArtifact
 from histomlf.slides.predict import SlideModel, SlideOptions, predict_slide
 from histomlf.slides.reader import SlideError, open_slide, plan_read, slide_mpp
 from histomlf.web.limits import MB
-from histomlf.web.uploads import UploadError
 from histomlf.web.security import DEFAULT_SLIDE_SLOTS, MAX_SLIDE_MB, RETRY_AFTER_S
+from histomlf.web.uploads import UploadError
 
 log = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ class _Parts:
         if field != SLIDE_FIELD or filename is None:
             return
         if self.path is not None:
-            self.error = self.error or UploadError(f"send one slide file, not several")
+            self.error = self.error or UploadError("send one slide file, not several")
             return
         self.name = filename.decode("utf-8", "replace") or "(unnamed file)"
         self.path = self.folder / safe_name(self.name)
