@@ -9,6 +9,7 @@ import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
 from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
+from histomlf.evaluation.metrics import BRIEF, headline_keys
 
 
 @click.command()
@@ -98,7 +99,7 @@ def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options
         result = cross_validate(config, folds, chosen, log_models=log_models)
     except user_errors() as error:
         raise click.ClickException(str(error)) from error
-    for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
+    for key in headline_keys("test_", BRIEF):
         mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")
         if mean is not None:
             click.echo(f"{key:24s} {mean:.4f} ± {sd:.4f}")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from histomlf.schema import RunKind, Tag
+
 
 def _run_ids(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
@@ -27,7 +29,7 @@ def _run_ids(value: str | None) -> list[str]:
 @click.option("--mlflow-url", default="",
               help="base URL of an MLflow UI; run names then link there (the only links)")
 @click.option("--log/--no-log", "log_run", default=True, show_default=True,
-              help="log the report as an artifact of a run tagged histomlf.kind=report")
+              help=f"log the report as an artifact of a run tagged {Tag.KIND}={RunKind.REPORT}")
 @click.option("--log-experiment", default="",
               help="experiment for the report run (default: the first reported run's)")
 def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path,
@@ -69,7 +71,7 @@ def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path
             experiment = log_experiment or runs[0].experiment_name
             run_id = store.log_report(experiment_name=experiment, runs=runs, files=files,
                                       title=study.title)
-            click.echo(f"logged as run {run_id} (histomlf.kind=report) in experiment "
+            click.echo(f"logged as run {run_id} ({Tag.KIND}={RunKind.REPORT}) in experiment "
                        f"{experiment!r}")
     except (ReportSelectionError, PdfError, OSError) as error:
         raise click.ClickException(str(error)) from error

@@ -8,6 +8,7 @@ import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
 from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
+from histomlf.evaluation.metrics import HEADLINE, headline_keys
 
 
 @click.command()
@@ -37,7 +38,7 @@ def print_summary(result: dict) -> None:
     """The run, its headline test metrics, the gate's verdict and the next three commands."""
     metrics = result["metrics"]
     click.echo(f"run {result['run_id']}  model {result['model_uri']}")
-    for name in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "test_accuracy"):
+    for name in headline_keys("test_", HEADLINE):
         click.echo(f"  {name:24s} {metrics[name]:.4f}")
     gate = result.get("gate")
     if gate is not None:

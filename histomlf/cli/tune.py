@@ -15,6 +15,7 @@ import click
 from histomlf.cli.errors import check_tracking_server, user_errors
 from histomlf.cli.options import overrides_from, train_config_options
 from histomlf.config import ConfigError
+from histomlf.evaluation.metrics import HEADLINE, headline_keys
 
 SEARCH_OPTIONS = (
     ("tuner", str, "random | bayesian | hyperband | grid"),
@@ -96,7 +97,7 @@ def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_d
         return
     click.echo(f"search {result['run_id']}: best trial {result['best_trial_id']} "
                f"{result['objective']}={result['best_score']:.4f}  model {result['model_uri']}")
-    for name in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "test_accuracy"):
+    for name in headline_keys("test_", HEADLINE):
         click.echo(f"  {name:24s} {result['metrics'][name]:.4f}")
     if result.get("gate") is not None:
         click.echo(f"  registry: {result['gate']}")

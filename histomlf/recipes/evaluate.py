@@ -16,6 +16,7 @@ import pandas as pd
 
 from histomlf.data.scan import manifest_for
 from histomlf.recipes.explain import explain_run
+from histomlf.schema import Artifact, RunKind, Tag
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.scoring import (
     keras_model_of,
@@ -62,7 +63,7 @@ def evaluate(
         )
         if split != "all" and split_file is None:
             raise ValueError(
-                f"no split file given and {model_uri} has no logged data/split.csv; "
+                f"no split file given and {model_uri} has no logged {Artifact.SPLIT}; "
                 "pass --split-file or --split all"
             )
         rows = select_split(manifest, split, split_file)
@@ -74,10 +75,10 @@ def evaluate(
         evaluation = evaluate_splits({focus: scores}, threshold, focus=focus)
         runs.set_tags(
             {
-                "histomlf.kind": "evaluate",
-                "histomlf.model_uri": model_uri,
-                "histomlf.data_digest": digest,
-                "histomlf.split": split,
+                Tag.KIND: RunKind.EVALUATE.value,
+                Tag.MODEL_URI: model_uri,
+                Tag.DATA_DIGEST: digest,
+                Tag.SPLIT: split,
             }
         )
         runs.log_resolved_params(

@@ -18,6 +18,7 @@ from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.recipes.explain import explain_run
+from histomlf.schema import ModelMeta, RunKind, Tag
 from histomlf.tracking import artifacts, notes, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
@@ -70,9 +71,9 @@ def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
 def model_metadata(config: TrainConfig, data: Any) -> dict[str, str]:
     """What a logged model carries about its training: backbone, data and split digests."""
     return {
-        "model": config.model,
-        "data_digest": data.data_digest,
-        "split_digest": data.split_digest,
+        ModelMeta.MODEL: config.model,
+        ModelMeta.DATA_DIGEST: data.data_digest,
+        ModelMeta.SPLIT_DIGEST: data.split_digest,
     }
 
 
@@ -88,9 +89,9 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         run_id = run.info.run_id
         runs.log_config(config)
         runs.log_environment()
-        runs.set_tags({"histomlf.kind": "train"})
+        runs.set_tags({Tag.KIND: RunKind.TRAIN.value})
         if config.experiment == DEMO_EXPERIMENT:
-            runs.set_tags({"histomlf.demo": "true"})
+            runs.set_tags({Tag.DEMO: "true"})
         started = time.perf_counter()
         data = prepare_data(config)
         data_seconds = time.perf_counter() - started

@@ -17,9 +17,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from histomlf.schema import ModelMeta, Tag
+
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 _SPLIT_SIZE = re.compile(r"(train|val|test)_(patients|patches|positives)")
-_DIGEST_TAGS = {"data_digest": "histomlf.data_digest", "split_digest": "histomlf.split_digest"}
+_DIGEST_TAGS = {ModelMeta.DATA_DIGEST: Tag.DATA_DIGEST, ModelMeta.SPLIT_DIGEST: Tag.SPLIT_DIGEST}
 
 
 class ModelCardError(ValueError):
@@ -82,7 +84,7 @@ def describe_model(model_uri: str) -> ModelCard:
     digests = {key: version_tags.get(key) or run_tags.get(tag)
                for key, tag in _DIGEST_TAGS.items()}
     if not run.get("backbone"):
-        run["backbone"] = version_tags.get("model")
+        run["backbone"] = version_tags.get(ModelMeta.MODEL)
     return ModelCard(uri=model_uri, **registry, **run, **digests)
 
 
@@ -99,7 +101,7 @@ def _run_fields(client: MlflowClient, run_id: str) -> tuple[dict, dict[str, str]
         "experiment_id": run.info.experiment_id,
         "backbone": params.get("model"),
         "weights": params.get("weights"),
-        "data_source": tags.get("histomlf.data_source"),
+        "data_source": tags.get(Tag.DATA_SOURCE),
         "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")},
         "split_sizes": {k: v for k, v in params.items() if _SPLIT_SIZE.fullmatch(k)},
     }

@@ -11,13 +11,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-HEADLINE = (
-    ("roc_auc", "ROC-AUC"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("f1", "F1"),
-    ("recall", "sensitivity"),
-    ("specificity", "specificity"),
-)
+from histomlf.evaluation.metrics import HEADLINE as HEADLINE_COUNT
+from histomlf.evaluation.metrics import headline_metrics
+from histomlf.schema import Artifact, Folder
+
+HEADLINE = tuple((m.name, m.prose) for m in headline_metrics(HEADLINE_COUNT))
 
 
 def _number(value: Any) -> str:
@@ -73,9 +71,10 @@ def gate_line(gate: Any) -> str:
             f"({gate.gate_metric} {_number(gate.new_score)}).")
 
 
-WHERE = ("**Artifacts**: plots in `evaluation/`, per-patch and per-patient predictions in "
-         "`predictions/`, Grad-CAM overlays and patient maps in `explain/` (when on), the data "
-         "split in `data/`, the resolved config in `config/`, the served model in `model/`.")
+WHERE = (f"**Artifacts**: plots in `{Folder.EVALUATION}/`, per-patch and per-patient "
+         f"predictions in `{Folder.PREDICTIONS}/`, Grad-CAM overlays and patient maps in "
+         f"`{Folder.EXPLAIN}/` (when on), the data split in `{Folder.DATA}/`, the resolved "
+         f"config in `{Folder.CONFIG}/`, the served model in `{Folder.MODEL}/`.")
 
 SYNTHETIC = ("> **Synthetic data**: generated patches whose classes differ by texture; these "
              "scores say nothing about real tissue.")
@@ -116,8 +115,8 @@ def cv_note(config: Any, folds: int, summary: Mapping[str, float]) -> str:
         "",
         f"**Test folds, mean ± sd**: {'; '.join(parts)}.",
         "",
-        "**Artifacts**: the per-fold table in `cv/folds.json`; each fold's plots, predictions "
-        "and split in its own run.",
+        f"**Artifacts**: the per-fold table in `{Artifact.CV_FOLDS}`; each fold's plots, "
+        "predictions and split in its own run.",
     ])
 
 
@@ -140,8 +139,9 @@ def search_note(spec: Any, result: Mapping[str, Any], data: Any, gate: Any = Non
         "",
         gate_line(gate),
         "",
-        "**Artifacts**: the leaderboard in `search/`, the winner's plots in `evaluation/`, "
-        "predictions in `predictions/`, explanations in `explain/` (when on).",
+        f"**Artifacts**: the leaderboard in `{Folder.SEARCH}/`, the winner's plots in "
+        f"`{Folder.EVALUATION}/`, predictions in `{Folder.PREDICTIONS}/`, explanations in "
+        f"`{Folder.EXPLAIN}/` (when on).",
     ])
 
 

@@ -20,40 +20,15 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from histomlf.report.model import KIND_CV, KIND_REPORT, KIND_TRAIN, KIND_TUNE, RunRecord
+from histomlf.report.model import DOCUMENTS, EXPLAIN_FOLDERS, IMAGES, PREDICTIONS, RunRecord
+from histomlf.schema import PARENT_KINDS, Artifact, MlflowTag, RunKind, Tag, run_kind
 
-DOCUMENTS = (
-    "data/scan.json",
-    "environment/facts.json",
-    "evaluation/test_confusion_matrix.json",
-    "search/best.json",
-    "search/leaderboard.json",
-    "search/space.yaml",
-    "cv/folds.json",
-    "explain/index.json",
-)
-IMAGES = (
-    "evaluation/test_confusion_matrix.png",
-    "evaluation/test_reliability.png",
-    "evaluation/training_curves.png",
-)
-PREDICTIONS = "predictions/test_predictions.csv"
-EXPLAIN_FOLDERS = {"explain/gradcam": 12, "explain/patients": 6}
-"""Explanation figures shown per run, at most this many per folder (keeps the file small)."""
 MAX_RESULTS = 5000
-REPORT_RUNS_TAG = "histomlf.report.runs"
 TAG_VALUE_LIMIT = 5000
 
 
 class ReportSelectionError(ValueError):
     """The selection names nothing that exists, or nothing that can be reported."""
-
-
-def _kind(tags: dict[str, str]) -> str:
-    kind = tags.get("histomlf.kind")
-    if kind:
-        return kind
-    return KIND_TRAIN if "mlflow.parentRunId" not in tags else "nested"
 
 
 class ReportStore:
@@ -77,7 +52,7 @@ class ReportStore:
         else:
             runs = self._given_runs(run_ids)
             words = "runs " + ", ".join(run_ids)
-        runs = [r for r in runs if _kind(r.data.tags) != KIND_REPORT]
+        runs = [r for r in runs if run_kind(r.data.tags) != RunKind.REPORT]
         if not runs:
             raise ReportSelectionError(f"nothing to report: {words} holds no runs")
         runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
@@ -103,10 +78,10 @@ class ReportStore:
             except MlflowException as error:
                 raise ReportSelectionError(f"no run {run_id!r} in this tracking store") from error
             found[run_id] = run
-            if _kind(run.data.tags) in (KIND_TUNE, KIND_CV):
+            if run_kind(run.data.tags) in PARENT_KINDS:
                 for child in self.client.search_runs(
                     [run.info.experiment_id],
-                    filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'",
+                    filter_string=f"tags.`{MlflowTag.PARENT_RUN_ID}` = '{run_id}'",
                     max_results=MAX_RESULTS,
                 ):
                     found.setdefault(child.info.run_id, child)
@@ -146,8 +121,8 @@ class ReportStore:
             experiment_id=run.info.experiment_id,
             experiment_name=self._experiment_name(run.info.experiment_id),
             status=run.info.status,
-            kind=_kind(tags),
-            parent_id=tags.get("mlflow.parentRunId"),
+            kind=run_kind(tags),
+            parent_id=tags.get(MlflowTag.PARENT_RUN_ID),
             start_time_ms=run.info.start_time,
             end_time_ms=run.info.end_time,
             params=dict(run.data.params),
@@ -214,15 +189,15 @@ class ReportStore:
             experiment_id,
             run_name=f"report-{title}"[:250],
             tags={
-                "histomlf.kind": KIND_REPORT,
-                REPORT_RUNS_TAG: covered,
-                "mlflow.note.content": note,
+                Tag.KIND: RunKind.REPORT.value,
+                Tag.REPORT_RUNS: covered,
+                MlflowTag.NOTE: note,
             },
         )
         run_id = run.info.run_id
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                listing = Path(tmp) / "runs.json"
+                listing = Path(tmp) / Path(Artifact.REPORT_RUNS).name
                 listing.write_text(
                     json.dumps(
                         [
@@ -233,9 +208,9 @@ class ReportStore:
                         indent=2,
                     )
                 )
-                self.client.log_artifact(run_id, str(listing), "report")
+                self.client.log_artifact(run_id, str(listing), Artifact.REPORT_FOLDER)
             for path in files:
-                self.client.log_artifact(run_id, str(path), "report")
+                self.client.log_artifact(run_id, str(path), Artifact.REPORT_FOLDER)
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")
             raise
