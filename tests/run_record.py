@@ -78,10 +78,9 @@ def main(out: Path, existing: str = "") -> None:
     its keys to `out`."""
     import tempfile
 
+    from conftest import SAMPLE_DIR
     from mlflow.tracking import MlflowClient
     from study_store import STUDY_EXPERIMENT, build_study, invoke_cli, tracking_env
-
-    from conftest import SAMPLE_DIR
 
     if existing:
         client = MlflowClient(existing)
