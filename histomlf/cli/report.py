@@ -48,7 +48,7 @@ def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path
     from histomlf.report.model import Study
     from histomlf.report.pdf import PdfError, find_chromium, print_pdf
     from histomlf.report.render import write_html
-    from histomlf.tracking.report_store import ReportSelectionError, ReportStore
+    from histomlf.report.store import ReportSelectionError, ReportStore
 
     try:
         if pdf is not None:

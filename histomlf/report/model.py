@@ -1,8 +1,8 @@
 """The plain data a study report is made from: one `RunRecord` per MLflow run, no MLflow types.
 
-`histomlf.tracking.report_store` fills these from a tracking store; everything else in
-`histomlf.report` is a pure function of them, so the report can be tested and re-rendered
-without a store.
+`histomlf.report.store` fills these from a tracking store (through the thin queries of
+`histomlf.tracking.report_store`); everything else in `histomlf.report` is a pure function of
+them, so the report can be tested and re-rendered without a store.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from histomlf.schema import Artifact, Explain, Tag
 
 FINISHED = "FINISHED"
 
-# What the report reads of each run (`histomlf.tracking.report_store` fetches exactly these).
+# What the report reads of each run (`histomlf.report.store` fetches exactly these).
 RUN_FIGURES = (
     (Artifact.evaluation("test", "confusion_matrix"), "Confusion matrix (test, chosen threshold)"),
     (Artifact.evaluation("test", "reliability"), "Reliability diagram (test)"),
