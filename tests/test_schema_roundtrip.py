@@ -42,9 +42,10 @@ class RoundTrip:
 @pytest.fixture(scope="module")
 def roundtrip(study_store: StudyStore, idc_sample: Path,
               tmp_path_factory: pytest.TempPathFactory) -> RoundTrip:
+    from histomlf.tracking.report_store import ReportStore
+
     from histomlf.recipes.evaluate import evaluate
     from histomlf.report.content import build_context
-    from histomlf.tracking.report_store import ReportStore
 
     root = tmp_path_factory.mktemp("roundtrip")
     client = MlflowClient(study_store.tracking_uri)
@@ -173,7 +174,7 @@ def test_the_report_run_names_what_it_covers_and_is_never_reported(
 def test_the_web_model_card_reads_the_champion_and_the_search_winner(
     roundtrip: RoundTrip, study_store: StudyStore
 ) -> None:
-    from histomlf.tracking.model_card import describe_model
+    from histomlf.web.model_card import describe_model
 
     with tracking_env(MLFLOW_TRACKING_URI=study_store.tracking_uri):
         champion = describe_model(CHAMPION)

@@ -21,7 +21,7 @@ DEFAULT_MODEL = "models:/idc-classifier@champion"
 def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None) -> None:
     """Serve the web page: upload patches or a patient's zip, see P(IDC), Grad-CAM, the map."""
     check_tracking_server()
-    from histomlf.tracking.model_card import ModelCardError, describe_model
+    from histomlf.web.model_card import ModelCardError, describe_model
 
     try:  # before TensorFlow is imported: a wrong URI fails in seconds
         card = describe_model(model_uri)

@@ -1,7 +1,7 @@
 """The plain data a study report is made from: one `RunRecord` per MLflow run, no MLflow types.
 
 `histomlf.report.store` fills these from a tracking store (through the thin queries of
-`histomlf.tracking.report_store`); everything else in `histomlf.report` is a pure function of
+`histomlf.tracking.queries`); everything else in `histomlf.report` is a pure function of
 them, so the report can be tested and re-rendered without a store.
 """
 

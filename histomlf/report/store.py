@@ -1,7 +1,7 @@
 """The report's side of the tracking store: which runs a report covers, what it reads of each
 (`RunRecord`), and the run that logs the finished report.
 
-The MLflow calls are `histomlf.tracking.report_store`'s thin queries; this module only decides
+The MLflow calls are `histomlf.tracking.queries`'s thin queries; this module only decides
 and assembles. Report runs are skipped when reading, so a report never reports on reports.
 """
 
@@ -18,7 +18,7 @@ import yaml
 
 from histomlf.report.model import DOCUMENTS, EXPLAIN_FOLDERS, IMAGES, PREDICTIONS, RunRecord
 from histomlf.schema import PARENT_KINDS, Artifact, MlflowTag, RunKind, Tag, run_kind
-from histomlf.tracking.report_store import RunNotFound, RunQueries, StoredRun
+from histomlf.tracking.queries import RunNotFound, RunQueries, StoredRun
 
 TAG_VALUE_LIMIT = 5000
 

@@ -1,6 +1,10 @@
-"""The MLflow queries behind `histomlf report`: runs as plain data, artifact listings and
-downloads, and the report run's creation. No report logic: `histomlf.report.store` decides what
-to read and builds the report's records from what these return.
+"""Thin MLflow queries that return plain data: runs, artifact listings and downloads, a
+registered version, and the report run's creation.
+
+No report or page logic here: `histomlf.report.store` decides what a report reads and builds its
+records, `histomlf.web.model_card` builds the page's model card, both from what these return.
+Credentials (`MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`) stay with MLflow's
+client: nothing here returns them, nor the tracking URI.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -19,7 +24,7 @@ MAX_RESULTS = 5000
 
 
 class RunNotFound(LookupError):
-    """A run id or experiment name the tracking store does not hold."""
+    """A run id, experiment name or model the tracking store does not hold; one line."""
 
 
 @dataclass(frozen=True)
@@ -128,3 +133,48 @@ class RunQueries:
             raise
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version: its number, aliases, tags and the run that logged it."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    tags: Mapping[str, str]
+    run_id: str | None
+
+
+def registered_version(name: str, *, alias: str | None = None,
+                       version: str | None = None) -> RegisteredVersion:
+    """Version `version` of `name`, or the one `alias` points at; else `RunNotFound`."""
+    client = MlflowClient()
+    try:
+        found = (client.get_model_version_by_alias(name, alias) if alias
+                 else client.get_model_version(name, str(version)))
+    except MlflowException as error:
+        raise RunNotFound(_first_line(error)) from None
+    return RegisteredVersion(name, str(found.version), tuple(sorted(found.aliases or ())),
+                             dict(found.tags), found.run_id)
+
+
+def model_run_id(model_uri: str) -> str | None:
+    """The run that logged `model_uri` (`runs:/`, `models:/m-...`); else `RunNotFound`."""
+    try:
+        return mlflow.models.get_model_info(model_uri).run_id
+    except (MlflowException, OSError) as error:
+        raise RunNotFound(_first_line(error)) from None
+
+
+def find_run(run_id: str) -> StoredRun | None:
+    """The run `run_id`, or None when it was deleted (a registry may still serve its model)."""
+    try:
+        return _stored(MlflowClient().get_run(run_id))
+    except MlflowException:
+        return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
