@@ -15,8 +15,9 @@ import pandas as pd
 from histomlf.config import TrainConfig
 from histomlf.evaluation.metrics import BRIEF, METRIC_NAMES, headline_keys
 from histomlf.paths import cache_root
+from histomlf.recipes import notes
 from histomlf.schema import Artifact, RunKind, Tag
-from histomlf.tracking import artifacts, notes, runs
+from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
 SUMMARY_METRICS = tuple(f"test_{name}" for name in METRIC_NAMES) + tuple(

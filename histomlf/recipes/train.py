@@ -17,9 +17,10 @@ from typing import Any
 from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
+from histomlf.recipes import notes
 from histomlf.recipes.explain import explain_run
 from histomlf.schema import ModelMeta, RunKind, Tag
-from histomlf.tracking import artifacts, notes, runs
+from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
 DEMO_SUFFIX = "-demo"

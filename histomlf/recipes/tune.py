@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from histomlf.paths import cache_root
+from histomlf.recipes import notes
 from histomlf.recipes.explain import explain_run
 from histomlf.schema import Tag
-from histomlf.tracking import artifacts, notes, runs, search
+from histomlf.tracking import artifacts, runs, search
 from histomlf.tracking.probe import probe_tracking
 from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin, end_stale_trial_runs
 from histomlf.tuning import distributed

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from histomlf import __version__
 from histomlf.evaluation.metrics import TABLED
-from histomlf.tracking.notes import metric_with_interval
+from histomlf.evaluation.text import metric_with_interval
 from histomlf.web import about
 from histomlf.web.limits import MB, BodyLimit, RequestTooLarge
 from histomlf.web.results import score_patches, score_patient

@@ -10,9 +10,9 @@ calls are `histomlf.tracking.queries`'; this module builds the card from what th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from histomlf.schema import ModelMeta, Tag
+from histomlf.schema import ModelMeta, RunKind, Tag, run_kind
 from histomlf.tracking.queries import (
     RunNotFound,
     StoredRun,
@@ -24,6 +24,7 @@ from histomlf.tracking.queries import (
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 _SPLIT_SIZE = re.compile(r"(train|val|test)_(patients|patches|positives)")
 _DIGEST_TAGS = {ModelMeta.DATA_DIGEST: Tag.DATA_DIGEST, ModelMeta.SPLIT_DIGEST: Tag.SPLIT_DIGEST}
+_SEARCH_DATA_TAGS = (Tag.DATA_DIGEST, Tag.SPLIT_DIGEST, Tag.DATA_SOURCE)
 
 
 class ModelCardError(ValueError):
@@ -75,12 +76,30 @@ def describe_model(model_uri: str) -> ModelCard:
             run_id = model_run_id(model_uri)
     except RunNotFound as error:
         raise ModelCardError(f"{model_uri}: {error}") from None
-    run, run_tags = card_fields(run_id, find_run(run_id)) if run_id else ({}, {})
+    run, run_tags = card_fields(run_id, _evaluated_run(run_id)) if run_id else ({}, {})
     digests = {key: version_tags.get(key) or run_tags.get(tag)
                for key, tag in _DIGEST_TAGS.items()}
     if not run.get("backbone"):
         run["backbone"] = version_tags.get(ModelMeta.MODEL)
     return ModelCard(uri=model_uri, **registry, **run, **digests)
+
+
+def _evaluated_run(run_id: str) -> StoredRun | None:
+    """The run, with a search winner's test evaluation and data from its search's parent.
+
+    A search logs its winner's model in the winning trial's run, which holds validation
+    numbers only; the parent run holds the winner's test scores, split sizes and digests.
+    """
+    run = find_run(run_id)
+    if run is None or run_kind(run.tags) != RunKind.TUNE_TRIAL:
+        return run
+    parent = find_run(run.tags.get(Tag.SEARCH_ID, ""))
+    if parent is None or parent.tags.get(Tag.BEST_RUN_ID) != run_id:
+        return run
+    tags = {**run.tags, **{k: v for k, v in parent.tags.items() if k in _SEARCH_DATA_TAGS}}
+    sizes = {k: v for k, v in parent.params.items() if _SPLIT_SIZE.fullmatch(k)}
+    return replace(run, params={**run.params, **sizes}, tags=tags,
+                   metrics={**run.metrics, **parent.metrics})
 
 
 def card_fields(run_id: str, run: StoredRun | None) -> tuple[dict, dict[str, str]]:
