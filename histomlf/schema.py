@@ -60,6 +60,7 @@ class MlflowTag:
     PARENT_RUN_ID = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"
     EXPERIMENT_KIND = "mlflow.experimentKind"
+    GIT_COMMIT = "mlflow.source.git.commit"
 
 
 class Tag:
@@ -255,14 +256,36 @@ class GradcamName:
 
 
 class ModelMeta:
-    """Keys of a logged model's `metadata` (the pyfunc's MLmodel file) and of the registered
-    version's tags that the page's model card reads back."""
+    """Keys of a logged model's `metadata` (the pyfunc's MLmodel file); the registered version
+    carries the same keys as tags (`register_and_gate`), which the page's model card reads."""
 
     MODEL = "model"
     EXPERIMENT = "experiment"
     DATA_DIGEST = "data_digest"
     SPLIT_DIGEST = "split_digest"
+
+
+class VersionTag:
+    """Tags of a registered model version beyond `ModelMeta`'s: the gate's verdict and the
+    human decisions after it (`histomlf registry list` shows them)."""
+
     RUN_ID = "run_id"
+    GIT_COMMIT = "git_commit"
+    GATE_METRIC = "gate_metric"
+    GATE_SCORE = "gate_score"
+    GATE_DECISION = "gate_decision"
+    GATE_REASON = "gate_reason"
+    GATED_AT = "gated_at"
+    GATE_CHAMPION_VERSION = "gate_champion_version"
+    GATE_CHAMPION_SCORE = "gate_champion_score"
+    PROMOTED_BY = "promoted_by"
+    PROMOTED_AT = "promoted_at"
+    PROMOTION_REASON = "promotion_reason"
+    REPLACED_BY = "replaced_by"
+    REPLACED_AT = "replaced_at"
+    DEMOTED_FROM = "demoted_from"
+    DEMOTED_BY = "demoted_by"
+    DEMOTED_AT = "demoted_at"
 
 
 class SlideArtifact:

@@ -31,9 +31,7 @@ from histomlf.evaluation.gate import (
     higher_is_better,
     version_description,
 )
-
-GIT_COMMIT_TAG = "git_commit"
-_RUN_GIT_TAG = "mlflow.source.git.commit"
+from histomlf.schema import MlflowTag, VersionTag
 
 
 @dataclass(frozen=True)
@@ -78,12 +76,12 @@ def register_and_gate(
     version_tags = {
         **{key: str(value) for key, value in tags.items()},
         **{key: str(digests[key]) for key in DIGEST_KEYS},
-        "gate_metric": gate_metric,
-        "gate_score": repr(float(new_score)),
+        VersionTag.GATE_METRIC: gate_metric,
+        VersionTag.GATE_SCORE: repr(float(new_score)),
     }
     if run_id:
-        version_tags["run_id"] = run_id
-    version_tags.setdefault(GIT_COMMIT_TAG, _run_git_commit(client, run_id))
+        version_tags[VersionTag.RUN_ID] = run_id
+    version_tags.setdefault(VersionTag.GIT_COMMIT, _run_git_commit(client, run_id))
     registered = mlflow.register_model(model_uri, name, tags=version_tags)
     version = str(registered.version)
 
@@ -91,14 +89,14 @@ def register_and_gate(
         client, name, version, gate_metric, float(new_score), digests, score_champion
     )
     gate_tags = {
-        "gate_decision": decision.alias,
-        "gate_reason": decision.reason,
-        "gated_at": _now(),
+        VersionTag.GATE_DECISION: decision.alias,
+        VersionTag.GATE_REASON: decision.reason,
+        VersionTag.GATED_AT: _now(),
     }
     if decision.champion_version is not None:
-        gate_tags["gate_champion_version"] = decision.champion_version
+        gate_tags[VersionTag.GATE_CHAMPION_VERSION] = decision.champion_version
     if decision.champion_score is not None:
-        gate_tags["gate_champion_score"] = repr(decision.champion_score)
+        gate_tags[VersionTag.GATE_CHAMPION_SCORE] = repr(decision.champion_score)
     for key, value in gate_tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(
@@ -167,15 +165,15 @@ def promote(
     previous = aliases.get(CHAMPION)
     when, who = _now(), by or _user()
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promoted_by", who)
-    client.set_model_version_tag(name, version, "promoted_at", when)
+    client.set_model_version_tag(name, version, VersionTag.PROMOTED_BY, who)
+    client.set_model_version_tag(name, version, VersionTag.PROMOTED_AT, when)
     if reason:
-        client.set_model_version_tag(name, version, "promotion_reason", reason)
+        client.set_model_version_tag(name, version, VersionTag.PROMOTION_REASON, reason)
     if aliases.get(CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
     if previous is not None and previous != version:
-        client.set_model_version_tag(name, previous, "replaced_by", version)
-        client.set_model_version_tag(name, previous, "replaced_at", when)
+        client.set_model_version_tag(name, previous, VersionTag.REPLACED_BY, version)
+        client.set_model_version_tag(name, previous, VersionTag.REPLACED_AT, when)
         return previous
     return None
 
@@ -189,9 +187,9 @@ def demote(name: str, alias: str = CHAMPION, *, by: str | None = None) -> str:
         raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {held})")
     version = aliases[alias]
     client.delete_registered_model_alias(name, alias)
-    client.set_model_version_tag(name, version, "demoted_from", alias)
-    client.set_model_version_tag(name, version, "demoted_by", by or _user())
-    client.set_model_version_tag(name, version, "demoted_at", _now())
+    client.set_model_version_tag(name, version, VersionTag.DEMOTED_FROM, alias)
+    client.set_model_version_tag(name, version, VersionTag.DEMOTED_BY, by or _user())
+    client.set_model_version_tag(name, version, VersionTag.DEMOTED_AT, _now())
     return version
 
 
@@ -230,7 +228,7 @@ def _run_git_commit(client: MlflowClient, run_id: str | None) -> str:
     if not run_id:
         return "unknown"
     try:
-        return client.get_run(run_id).data.tags.get(_RUN_GIT_TAG, "unknown")
+        return client.get_run(run_id).data.tags.get(MlflowTag.GIT_COMMIT, "unknown")
     except MlflowException:
         return "unknown"
 
