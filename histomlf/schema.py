@@ -1,8 +1,11 @@
 """The run record: every run kind, ``histomlf.*`` tag key and artifact path in one place.
 
-Writers (``recipes/``, ``tracking/``, ``tuning/``) and readers (``report/``, ``web/``) import
-these names instead of typing the strings, so a rename is one edit here and a test
-(``tests/test_schema.py``) ties every writer to its reader. Plain constants: importing this
+Writers (``recipes/``, ``tracking/``, ``explain/``) and readers (``report/``, ``web/``, the
+report's template through Jinja globals) import these names instead of typing the strings, so a
+rename is one edit here. ``tests/test_schema.py`` refuses a tag key or artifact path typed
+anywhere else in the package; ``tests/test_schema_roundtrip.py`` writes each run kind through
+the recipes and reads it back through the report and the web page's model card; and
+``tests/data/run_record_keys.json`` lists every key a user sees. Plain constants: importing this
 module costs nothing (no Keras, no MLflow).
 
 Values are kept verbatim from the stores written before this module existed, so old runs
