@@ -42,10 +42,9 @@ class RoundTrip:
 @pytest.fixture(scope="module")
 def roundtrip(study_store: StudyStore, idc_sample: Path,
               tmp_path_factory: pytest.TempPathFactory) -> RoundTrip:
-    from histomlf.tracking.report_store import ReportStore
-
     from histomlf.recipes.evaluate import evaluate
     from histomlf.report.content import build_context
+    from histomlf.report.store import ReportStore
 
     root = tmp_path_factory.mktemp("roundtrip")
     client = MlflowClient(study_store.tracking_uri)
