@@ -178,10 +178,67 @@ def run_python_json(args: list[str], *, timeout: float, env: dict[str, str] | No
     return result
 
 
+SAMPLE_NAME = re.compile(r"(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
+
+
+def sample_manifest(root: Path):
+    """Manifest rows for every PNG under `root` (Kaggle file names), sorted by path."""
+    import pandas as pd
+    from PIL import Image
+
+    records = []
+    for path in sorted(root.rglob("*.png")):
+        match = SAMPLE_NAME.search(path.name)
+        if match is None:
+            continue
+        with Image.open(path) as image:
+            width, height = image.size
+        records.append(
+            {
+                "path": str(path.resolve()),
+                "patient_id": match[1],
+                "x": int(match[2]),
+                "y": int(match[3]),
+                "label": int(match[4]),
+                "width": width,
+                "height": height,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The one table: name, variant, value, unit, baseline, ratio, target, met?"""
+    header = ("name", "variant", "value", "unit", "baseline", "ratio", "target", "met?")
+    body = [
+        (
+            r["name"], r["variant"], number(r["value"]), r["unit"], number(r["baseline"]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"] or "-",
+            {True: "yes", False: "NO", None: "-"}[r["met"]],
+        )
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *body, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
+             for line in (header, *body)]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def sample_rows(root: Path = SAMPLE_DIR, limit: int = 0):
     """Manifest rows (path, patient_id, label, ...) of the real sample, sorted by path."""
-    from benchmarks.pipeline_feed import sample_manifest
-
     rows = sample_manifest(root)
     if limit and len(rows) > limit:
         rows = rows.iloc[:limit].reset_index(drop=True)
@@ -207,8 +264,6 @@ def cli(description: str, run: Callable[[bool], dict[str, Any]]) -> None:
     if args.emit_json:
         print(json.dumps(result, default=str))
     else:
-        from benchmarks.run import format_table
-
         print(format_table(result["rows"]))
 
 

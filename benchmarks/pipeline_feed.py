@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.common import row, sample_manifest  # noqa: E402
 from histomlf.data.packed import PackedPatches, manifest_digest, write_packed  # noqa: E402
 from histomlf.data.patches import pad_to_patch  # noqa: E402
 from histomlf.data.pipeline import make_dataset, open_packed  # noqa: E402
@@ -41,32 +42,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = Path(
     os.environ.get("HISTOMLF_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "idc-sample")
 )
-NAME = re.compile(r"(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
-
-
-def sample_manifest(root: Path) -> pd.DataFrame:
-    """Manifest rows for every PNG under `root` (Kaggle file names), sorted by path."""
-    records = []
-    for path in sorted(root.rglob("*.png")):
-        match = NAME.search(path.name)
-        if match is None:
-            continue
-        with Image.open(path) as image:
-            width, height = image.size
-        records.append(
-            {
-                "path": str(path.resolve()),
-                "patient_id": match[1],
-                "x": int(match[2]),
-                "y": int(match[3]),
-                "label": int(match[4]),
-                "width": width,
-                "height": height,
-            }
-        )
-    return pd.DataFrame(records)
-
-
 def rate(run_once: Callable[[], int], repeats: int, min_seconds: float) -> tuple[float, float]:
     """Best patches/s over `repeats` timed passes (a pass loops `run_once` for >= min_seconds),
     and the process CPU time per patch (us) of that pass.
@@ -274,8 +249,6 @@ def feed(
 
 def run(quick: bool) -> dict:
     """For `benchmarks.run`: quick = the sample only, one short pass per variant."""
-    from benchmarks.common import row
-
     if quick:
         results = feed(DEFAULT_SAMPLE, warm_rows_count=0, rss_rows=0, repeats=1, min_seconds=0.5)
     else:

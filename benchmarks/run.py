@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import format_table, machine, machine_line, number, row
 
 # name: (module, timeout seconds in quick mode, in full mode); quick timeouts leave room for a
 # loaded CI machine: on a quiet 2-core one the quick set takes about 2 minutes.
@@ -73,8 +74,6 @@ def run_benchmark(name: str, quick: bool) -> dict[str, Any]:
 
 def cross_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Targets that need two benchmarks: warm light-augment feed vs the fastest training rate."""
-    from benchmarks.common import row
-
     feed, training = results.get("feed"), results.get("training")
     if not feed or not training or "details" not in training or "error" in feed:
         return []
@@ -87,45 +86,15 @@ def cross_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _number(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, str):
-        return value
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The one table: name, variant, value, unit, baseline, ratio, target, met?"""
-    header = ("name", "variant", "value", "unit", "baseline", "ratio", "target", "met?")
-    body = [
-        (
-            r["name"], r["variant"], _number(r["value"]), r["unit"], _number(r["baseline"]),
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"] or "-",
-            {True: "yes", False: "NO", None: "-"}[r["met"]],
-        )
-        for r in rows
-    ]  # fmt: skip
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *body, strict=False)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
-             for line in (header, *body)]  # fmt: skip
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The same table as Markdown (for docs/benchmarks.md), notes in the last column."""
     lines = ["| name | variant | value | unit | baseline | ratio | target | met? | note |",
              "|---|---|---:|---|---:|---:|---|---|---|"]  # fmt: skip
     for r in rows:
-        baseline = _number(r["baseline"])
+        baseline = number(r["baseline"])
         if r["baseline"] is not None and r.get("baseline_name"):
             baseline = f"{baseline} ({r['baseline_name']})"
-        cells = [r["name"], r["variant"], _number(r["value"]), r["unit"], baseline,
+        cells = [r["name"], r["variant"], number(r["value"]), r["unit"], baseline,
                  "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"] or "-",
                  {True: "yes", False: "**no**", None: "-"}[r["met"]], r.get("note", "")]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
@@ -133,8 +102,6 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.common import machine, machine_line
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke: <= 2 min, <= 2k files.")
     parser.add_argument("--only", default="", help=f"Comma list of {','.join(BENCHMARKS)}.")

@@ -11,77 +11,175 @@ or Python.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from histomlf.choices import (
+    AUGMENT_CHOICES,
+    BALANCE_CHOICES,
+    LR_SCHEDULE_CHOICES,
+    OPTIMIZER_CHOICES,
+    TTA_CHOICES,
+)
+from histomlf.errors import ConfigError
+
 EXPERIMENTS_DIR_NAME = "experiments"
 DEFAULT_EXPERIMENT = "default"
 # What the default becomes when no data is given: a minutes-long run on synthetic patches.
 DEMO_EXPERIMENT = "demo"
 DATA_DIR_ENV = "HISTOMLF_DATA_DIR"
+# µm/px of the Kaggle IDC patches: 40x scans (~0.25 µm/px) downsampled 16x to 2.5x before
+# cutting, as the papers describe (Cruz-Roa 2014; Janowczyk & Madabhushi 2016). The papers'
+# figure, not a measurement; another dataset sets `patch_mpp` to its own.
+KAGGLE_PATCH_MPP = 4.0
 
-AUGMENT_CHOICES = ("none", "light", "strong", "stronger")
-BALANCE_CHOICES = ("class_weight", "undersample", "none")
-OPTIMIZER_CHOICES = ("adam", "adamw", "sgd", "rmsprop")
-LR_SCHEDULE_CHOICES = ("constant", "cosine")
-TTA_CHOICES = ("none", "dihedral8")
+RUN = "run"
+"""`field.metadata["role"]` of a setting that says how this run is run, not what is trained."""
+RECIPE = "recipe"
 
 
-class ConfigError(ValueError):
-    """An experiment file or override is invalid; the message says which key and why."""
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
+    role: str = RECIPE,
+) -> Any:
+    """A `TrainConfig` field with what the CLI, the docs and the hashes need to know about it.
+
+    `help` is the option's help text; `choices` (a tuple, or a function returning the names
+    another table owns) become a `click.Choice`; `role` is `RECIPE` (what is trained: hashed
+    into run names, work folders and resume) or `RUN` (data location, registration,
+    explanations, devices, experiment file: changing one keeps the resume).
+    """
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "role": role}
+    )
+
+
+def _backbones() -> list[str]:
+    from histomlf.models.backbones import backbone_names
+
+    return backbone_names()
+
+
+def _metrics() -> list[str]:
+    from histomlf.evaluation.metrics import METRICS
+
+    return list(METRICS)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines one training run.
+    """Everything that defines one training run: the recipe, and how this run is run.
 
-    Each field is a key of the experiment files, a `histomlf train` option (kebab-case plus a
-    snake_case twin) and an `mlflow run -P key=value` parameter.
+    Each field is a key of the experiment files, a CLI option (kebab-case plus a snake_case
+    twin, generated from the field's metadata by `histomlf.cli.options`) and an
+    `mlflow run -P key=value` parameter. Fields whose `role` is `RUN` (see `run_fields`) do not
+    change what is trained, so they are left out of `recipe_digest`, and each verb offers
+    only the run options it uses.
     `gate_metric` names a metric of `histomlf.evaluation.metrics.METRICS` without a split
     prefix (`roc_auc`, not `test_roc_auc`): the gate always compares scores on the test split.
     """
 
-    model: str = "simplecnn"
-    weights: str = "none"
-    image_size: int = 50
-    epochs: int = 5
-    fine_tune_epochs: int = 0
-    fine_tune_layers: int = 0
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-5
-    optimizer: str = "adam"
-    lr_schedule: str = "constant"
-    batch_size: int = 64
-    dropout: float = 0.3
-    dense_units: int = 128
-    augment: str = "light"
-    mixup: float = 0.0
-    label_smoothing: float = 0.0
-    weight_decay: float = 0.0
-    tta: str = "none"
-    snapshots: int = 1
-    balance: str = "class_weight"
-    early_stopping_patience: int = 3
-    threshold_policy: str = "youden"
-    gate_metric: str = "roc_auc"
-    max_samples: int = 0
-    seed: int = 42
-    data_dir: str = ""
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    register_as: str = ""
-    packed_cache: bool = True
-    explain: bool = True
-    devices: str = "cpu"
-    experiment: str = DEFAULT_EXPERIMENT
+    model: str = setting("simplecnn", "backbone", choices=_backbones)
+    weights: str = setting("none", "imagenet | none | path to a backbone weights file")
+    image_size: int = setting(50, "input size the model resizes patches to (>= 32)")
+    epochs: int = setting(5, "phase-1 epochs (head only when the backbone is pretrained)")
+    fine_tune_epochs: int = setting(0, "phase-2 epochs with the top backbone layers unfrozen")
+    fine_tune_layers: int = setting(0, "how many top backbone layers phase 2 unfreezes (0: all)")
+    learning_rate: float = setting(1e-3, "phase-1 learning rate")
+    fine_tune_learning_rate: float = setting(1e-5, "phase-2 learning rate")
+    optimizer: str = setting("adam", "optimizer (sgd: momentum 0.9)", choices=OPTIMIZER_CHOICES)
+    lr_schedule: str = setting(
+        "constant",
+        "learning rate per phase (cosine: decay over each phase's steps to 5 %)",
+        choices=LR_SCHEDULE_CHOICES,
+    )
+    batch_size: int = setting(64, "patches per batch")
+    dropout: float = setting(0.3, "dropout rate of the head")
+    dense_units: int = setting(128, "units of the head's hidden layer (0: none)")
+    augment: str = setting(
+        "light",
+        "training split only: light (flips/rotations), strong (+ HED stain jitter 0.05), "
+        "stronger (+ HED jitter 0.2)",
+        choices=AUGMENT_CHOICES,
+    )
+    mixup: float = setting(
+        0.0, "mixup alpha: Beta(alpha, alpha) mixing of training patches and labels (0: off)"
+    )
+    label_smoothing: float = setting(
+        0.0, "binary label smoothing of the training loss, in [0, 0.5) (0: off)"
+    )
+    weight_decay: float = setting(
+        0.0,
+        "decoupled weight decay per step x learning rate (0: optimizer default, none except "
+        "adamw's 0.004)",
+    )
+    tta: str = setting(
+        "none",
+        "test-time augmentation (dihedral8: score the mean over the 8 flips/rotations; served "
+        "model too)",
+        choices=TTA_CHOICES,
+    )
+    snapshots: int = setting(
+        1,
+        "snapshot ensemble: N > 1 splits the epochs into N cosine cycles (warm restarts) and "
+        "serves the mean of the N cycle-end models as one model (1: off)",
+    )
+    balance: str = setting(
+        "class_weight", "class balance of the training split", choices=BALANCE_CHOICES
+    )
+    early_stopping_patience: int = setting(
+        3, "epochs without val ROC-AUC gain before stopping (0: off)"
+    )
+    threshold_policy: str = setting(
+        "youden", "youden | best_f1 | sensitivity:<x> | fixed:<t>, chosen on val"
+    )
+    gate_metric: str = setting(
+        "roc_auc", "test-split metric the registry gate compares", choices=_metrics, role=RUN
+    )
+    max_samples: int = setting(0, "use at most this many patches in total, stratified (0: all)")
+    seed: int = setting(42, "random seed (splits, shuffling, weights)")
+    data_dir: str = setting(
+        "",
+        "dataset folder in the Kaggle layout or s3://bucket/prefix (empty: $HISTOMLF_DATA_DIR "
+        "or synthetic)",
+        role=RUN,
+    )
+    patch_mpp: float = setting(
+        KAGGLE_PATCH_MPP,
+        "µm/px of the training patches, recorded with the model for slide scoring (Kaggle "
+        "IDC: 4, the papers' 40x downsampled 16x; not measured)",
+    )
+    val_fraction: float = setting(0.15, "fraction of patients for validation")
+    test_fraction: float = setting(0.15, "fraction of patients for test")
+    register_as: str = setting(
+        "", "register the model under this name and apply the champion gate", role=RUN
+    )
+    packed_cache: bool = setting(
+        True, "decode PNGs once into a packed uint8 cache (true/false)", role=RUN
+    )
+    explain: bool = setting(
+        True, "log Grad-CAM overlays and patient maps of the test split (true/false)", role=RUN
+    )
+    devices: str = setting(
+        "cpu",
+        "cpu | all (every GPU) | N (N GPUs, or N logical CPU devices without GPU)",
+        role=RUN,
+    )
+    experiment: str = setting(DEFAULT_EXPERIMENT, "the experiment file's name", role=RUN)
 
     def __post_init__(self) -> None:
         _check_names(self)
@@ -98,6 +196,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.patch_mpp) and self.patch_mpp > 0):
+            raise ConfigError(f"patch_mpp must be a positive µm/px, got {self.patch_mpp}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -119,11 +219,72 @@ class TrainConfig:
             )
 
     def as_params(self) -> dict[str, Any]:
-        """The flat key -> value mapping that gets logged as run parameters."""
+        """The flat key -> value mapping that gets logged as run parameters (recipe and run)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def recipe_params(self) -> dict[str, Any]:
+        """Only what is trained: the fields whose role is `RECIPE`."""
+        return {name: getattr(self, name) for name in recipe_fields()}
+
+    def recipe_digest(self, length: int = 6) -> str:
+        """A short hash of `recipe_params`: the same recipe, the same digest, whatever the run
+        options (data location, registration, explanations, devices, experiment file)."""
+        text = json.dumps(self.recipe_params(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:length]
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_data_location(data_dir: str) -> None:
+    """Refuse a data location that cannot work, before a run opens or TensorFlow is imported.
+
+    `data_dir` (else `$HISTOMLF_DATA_DIR`) must be an existing folder or `s3://bucket[/prefix]`;
+    empty means the synthetic demo set. Whether the folder holds patches is the scan's to say.
+    """
+    given = str(data_dir or os.environ.get(DATA_DIR_ENV, "")).strip()
+    source = "data_dir" if str(data_dir or "").strip() else f"${DATA_DIR_ENV}"
+    if not given:
+        return
+    if given.startswith("s3://"):
+        if not given[len("s3://") :].split("/")[0]:
+            raise ConfigError(f"{source}={given!r}: an S3 location is s3://bucket[/prefix]")
+        return
+    path = Path(given).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"{source}={given!r}: no such folder (a dataset in the Kaggle layout; "
+            "`histomlf data fetch DEST` downloads it, or leave it empty for synthetic data)"
+        )
+    if not path.is_dir():
+        raise ConfigError(f"{source}={given!r}: not a folder (a dataset in the Kaggle layout)")
+
+
+def run_fields() -> tuple[str, ...]:
+    """The `TrainConfig` fields that say how a run is run (role `RUN`)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("role") == RUN)
+
+
+def recipe_fields() -> tuple[str, ...]:
+    """The `TrainConfig` fields that say what is trained (role `RECIPE`)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("role") != RUN)
+
+
+# The run options each verb uses; it offers no other (an option it would ignore is not one).
+# `cv` neither registers nor explains its folds; a `tune` trial runs on one device (scale a
+# search with --workers). `experiment` is every verb's `-e`.
+VERB_RUN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain", "devices"),
+    # register_as / gate_metric: for the final model of `cv --final ensemble`.
+    "cv": ("data_dir", "register_as", "gate_metric", "packed_cache", "devices"),
+    "tune": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain"),
+}
+
+
+def verb_fields(verb: str) -> tuple[str, ...]:
+    """The `TrainConfig` keys `verb` takes: every recipe field, its run options, `experiment`
+    (what a command that reruns a run of `verb` may pass)."""
+    return (*recipe_fields(), *VERB_RUN_OPTIONS[verb], "experiment")
 
 
 def _check_snapshots(config: TrainConfig) -> None:

@@ -123,6 +123,7 @@ class Tag:
     # slides (issue 22)
     SLIDE_SHA256 = "histomlf.slide_sha256"
     SLIDE_NAME = "histomlf.slide_name"
+    SLIDE_ERROR = "histomlf.slide_error"
 
     @staticmethod
     def resolved(key: str) -> str:
@@ -266,6 +267,14 @@ class ModelMeta:
     EXPERIMENT = "experiment"
     DATA_DIGEST = "data_digest"
     SPLIT_DIGEST = "split_digest"
+    # what its input is: `patch_px` pixels a side at `patch_mpp` µm/px (issue 22); also run params
+    PATCH_PX = "patch_px"
+    PATCH_MPP = "patch_mpp"
+    # a CV-final ensemble (`recipes/cv_final.py`): FINAL is `CV_ENSEMBLE`, FOLDS its member count
+    FINAL = "final"
+    FOLDS = "folds"
+    CV_ENSEMBLE = "cv-ensemble"
+    """The value of `FINAL` on a fold ensemble (no unseen split of its own)."""
 
 
 class VersionTag:
@@ -274,6 +283,11 @@ class VersionTag:
 
     RUN_ID = "run_id"
     GIT_COMMIT = "git_commit"
+    KIND = "kind"
+    """The run kind of a version that is not a train run's (`cv-final`): its gate compares it
+    only with champions of its own kind, by their stored `GATE_SCORE`."""
+    SCORES = "scores"
+    FOLD_RUNS = "fold_runs"
     GATE_METRIC = "gate_metric"
     GATE_SCORE = "gate_score"
     GATE_DECISION = "gate_decision"
@@ -305,3 +319,7 @@ class SlideArtifact:
 
 # The probability column of tile tables: WSInfer's ``prob_<class>`` convention.
 PROB_COLUMN = "prob_idc"
+
+
+# The metrics of a slide run (issue 22): the summary figures the MLflow UI compares slides by.
+SLIDE_METRICS = ("idc_area_mm2", "idc_share", "tissue_area_mm2", "tiles")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from helpers_wait import wait_for
 
 WINDOW = (1500, 1000)
 
@@ -30,17 +31,9 @@ def headless_chrome(browser: Path, driver: Path) -> Iterator[Any]:
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, page: Any = None) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` (and the page text)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            value = check()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            text = page.find_element("tag name", "body").text[:1500] if page is not None else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {text}")
-        time.sleep(0.5)
+    """`wait_for` on a page: a failing `check` is "not yet"; a timeout shows the page's text."""
+    return wait_for(check, timeout, what, ignore=(Exception,),
+                    detail=(lambda: body_text(page)[:1500]) if page is not None else None)
 
 
 def body_text(page: Any) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # Session fixtures shared by end-to-end tests: the small tracked study, headless Chromium.
-pytest_plugins = ["study_store"]
+pytest_plugins = ["study_store", "slide_fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = Path(os.environ.get("HISTOMLF_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "idc-sample"))

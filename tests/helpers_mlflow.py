@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from helpers_wait import answers, free_port, wait_for
 from PIL import Image
 
 SERVE_START_TIMEOUT_S = 150.0
@@ -125,13 +125,6 @@ def sample_patches(idc_sample: Path, full: int = 6, border: int = 3) -> list[Pat
     return found_full[:full] + found_border[:border]
 
 
-def free_port() -> int:
-    """A TCP port free on localhost right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Served:
     """A running scoring server: its base URL, process and log file."""
@@ -210,23 +203,9 @@ def serve(
 
 def _wait_for_ping(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> float:
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"mlflow models serve exited with {process.returncode}:\n"
-                + log_path.read_text(errors="replace")[-4000:]
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=5) as reply:
-                if reply.status == 200:
-                    return time.monotonic() - started
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(
-        f"mlflow models serve did not answer /ping within {timeout:.0f} s:\n"
-        + log_path.read_text(errors="replace")[-4000:]
-    )
+    wait_for(lambda: answers(f"{url}/ping"), timeout, "mlflow models serve to answer /ping",
+             process=process, log=log_path)
+    return time.monotonic() - started
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -7,12 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers_mlflow import free_port
+from helpers_wait import answers, free_port, wait_for
 
 START_TIMEOUT_S = 120
 
@@ -35,19 +33,8 @@ def web_process(
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"histomlf web exited {process.returncode}:\n"
-                                   + log.read_text(errors="replace")[-3000:])
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"histomlf web did not answer /health in {START_TIMEOUT_S} s:"
-                                   "\n" + log.read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
+        wait_for(lambda: answers(f"{url}/health", timeout=2), START_TIMEOUT_S,
+                 "histomlf web to answer /health", process=process, log=log)
         yield url
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -8,6 +8,7 @@ of the current test at it as the admin user.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -27,9 +28,12 @@ from histomlf.stack import (
     stop_stack,
 )
 from histomlf.stack.processes import free_port
-from histomlf.stack.settings import ensure_secrets
+from histomlf.stack.settings import ADMIN_PASSWORD_ENV, ensure_secrets
 
 RUN_SCOPED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+# Set in the environment of `start` (as a user's shell would): no stack child but MLflow may see
+# the admin password, and none may see an unrelated variable of the caller.
+CALLER_CANARY = "HISTOMLF_TEST_CALLER_CANARY"
 
 
 @dataclass
@@ -124,7 +128,21 @@ class RunningStack:
     def restart(self) -> None:
         """Stop and start the whole stack on the same ports and data."""
         stop_stack(self.settings)
-        start_stack(self.settings, password=self.admin_password)
+        _start_as_a_user_would(self.settings, self.admin_password)
+
+
+def _start_as_a_user_would(settings: StackSettings, password: str) -> None:
+    """`start_stack` with the admin password and a canary exported in the caller's environment."""
+    saved = {k: os.environ.get(k) for k in (ADMIN_PASSWORD_ENV, CALLER_CANARY)}
+    os.environ.update({ADMIN_PASSWORD_ENV: password, CALLER_CANARY: "caller-only"})
+    try:
+        start_stack(settings, password=password)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _distinct_free_ports(count: int) -> list[int]:
@@ -153,7 +171,7 @@ def tracking_stack() -> Iterator[RunningStack]:
     )
     password = "adm-" + secrets.token_urlsafe(18)
     try:
-        start_stack(settings, password=password)
+        _start_as_a_user_would(settings, password)
         yield RunningStack(settings, settings.admin_username, password, ensure_secrets(settings))
     finally:
         stop_stack(settings)

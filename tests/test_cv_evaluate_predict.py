@@ -32,7 +32,8 @@ def test_cv_nests_one_run_per_fold_with_mean_and_sd(tmp_path: Path, idc_sample: 
     mlflow_run(
         tmp_path,
         "cv",
-        {"data_dir": str(idc_sample), "experiment": "smoke", "folds": "3", "max_samples": "96"},
+        {"data_dir": str(idc_sample), "experiment": "smoke", "folds": "3", "max_samples": "96",
+         "final": "ensemble", "register_as": "idc-cv-e2e"},
         "cv-e2e",
     )
     client = MlflowClient(tracking_env(tmp_path)["MLFLOW_TRACKING_URI"])
@@ -41,7 +42,14 @@ def test_cv_nests_one_run_per_fold_with_mean_and_sd(tmp_path: Path, idc_sample: 
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [r for r in nested if r.data.tags.get("histomlf.kind") == "cv-fold"]
+    finals = [r for r in nested if r.data.tags.get("histomlf.kind") == "cv-final"]
+    assert len(finals) == 1 and len(nested) == 4
+    # mlflow run . -e cv -P final=ensemble -P register_as=...: the ensemble is the champion.
+    champion = client.get_model_version_by_alias("idc-cv-e2e", "champion")
+    assert champion.run_id == finals[0].info.run_id and champion.tags["kind"] == "cv-final"
+    assert "oof_roc_auc" in finals[0].data.metrics
     assert sorted(r.data.tags["histomlf.fold"] for r in children) == ["0", "1", "2"]
     assert sorted(r.info.run_name for r in children) == [f"fold-{k}-of-3" for k in (1, 2, 3)]
     assert parent.data.tags["mlflow.note.content"].startswith("**3-fold cross-validation")

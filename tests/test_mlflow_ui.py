@@ -13,14 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from browser import body_text, headless_chrome, scroll_until, wait_until
-from helpers_mlflow import free_port
+from helpers_wait import answers, free_port, wait_for
 from mlflow.tracking import MlflowClient
 
 from histomlf.tracking.runs import experiment_link
@@ -43,17 +41,8 @@ def mlflow_ui(study_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                                   start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health"
-            time.sleep(0.5)
+        wait_for(lambda: answers(f"{url}/health", timeout=2), 120,
+                 "the mlflow server to answer /health", process=server, log=log)
         yield url
     finally:
         os.killpg(server.pid, 15)

@@ -6,8 +6,8 @@ import socket
 import time
 
 import pytest
+from helpers_wait import free_port
 
-from histomlf.stack.processes import free_port
 from histomlf.tracking.probe import PROBE_ARTIFACT, TrackingUnavailable, probe_tracking
 
 pytest_plugins = ["stack_fixtures"]

@@ -218,7 +218,7 @@ def test_cli_lists_promotes_and_demotes(world) -> None:
 
 
 def test_cli_fails_fast_on_a_dead_tracking_server() -> None:
-    from helpers_mlflow import free_port
+    from helpers_wait import free_port
 
     from histomlf.cli.registry import registry
 

@@ -2,9 +2,10 @@
 through the report's readers (`ReportStore` → `RunRecord` → `build_context`) and the web page's
 (`describe_model`), with every field those readers fill non-empty.
 
-Reuses the session's study store (train ×2, a search with its trials, a CV with its folds) and
-adds no training: an evaluate run scores the study's champion on its own test split (explain
-off), and a report run is logged over the study, each into an experiment of its own. A writer
+Reuses the session's study store (train ×2, a search with its trials, a CV with its folds and
+its registered CV-final ensemble) and adds no training: an evaluate run scores the study's
+champion on its own test split (explain off), and a report run is logged over the study, each
+into an experiment of its own. A writer
 that renames a tag or an artifact the readers look for leaves a field here empty.
 """
 
@@ -16,15 +17,25 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-from study_store import StudyStore, invoke_cli, tracking_env
+from study_store import CV_FINAL_NAME, StudyStore, invoke_cli, tracking_env
 
 from histomlf.evaluation.metrics import TABLED
 from histomlf.report.model import DOCUMENTS, RUN_FIGURES, RunRecord, Study
-from histomlf.schema import Artifact, Explain, GradcamName, MlflowTag, RunKind, Tag
+from histomlf.schema import (
+    Artifact,
+    Explain,
+    GradcamName,
+    MlflowTag,
+    ModelMeta,
+    RunKind,
+    Tag,
+    VersionTag,
+)
 
 pytestmark = pytest.mark.slow
 
 CHAMPION = "models:/idc-study@champion"
+CV_FINAL_CHAMPION = f"models:/{CV_FINAL_NAME}@champion"
 EVALUATE_EXPERIMENT = "roundtrip-evaluate"
 REPORT_EXPERIMENT = "roundtrip-report"
 
@@ -73,7 +84,7 @@ def _of_kind(trip: RoundTrip, kind: RunKind) -> list[RunRecord]:
 def test_every_kind_written_today_is_read_back(roundtrip: RoundTrip) -> None:
     kinds = {r.kind for r in roundtrip.records.values()}
     assert kinds == {RunKind.TRAIN, RunKind.TUNE, RunKind.TUNE_TRIAL, RunKind.CV,
-                     RunKind.CV_FOLD, RunKind.EVALUATE}
+                     RunKind.CV_FOLD, RunKind.CV_FINAL, RunKind.EVALUATE}
 
 
 def test_train_runs_carry_what_the_report_reads(roundtrip: RoundTrip,
@@ -118,10 +129,16 @@ def test_the_cv_and_its_folds_carry_what_the_report_reads(
 ) -> None:
     cv = roundtrip.records[study_store.cv_parent_id]
     assert cv.kind == RunKind.CV and cv.documents.get(Artifact.CV_FOLDS)
-    folds = roundtrip.study.children(cv.run_id)
+    children = roundtrip.study.children(cv.run_id)
+    folds = [c for c in children if c.kind == RunKind.CV_FOLD]
     assert sorted(f.tags[Tag.FOLD] for f in folds) == ["0", "1"]
-    assert all(f.kind == RunKind.CV_FOLD and f.predictions is not None
-               and f.tags.get(Tag.DATA_DIGEST) for f in folds)
+    assert all(f.predictions is not None and f.tags.get(Tag.DATA_DIGEST) for f in folds)
+    (final,) = [c for c in children if c.kind == RunKind.CV_FINAL]
+    assert final.parent_id == cv.run_id and final.finished
+    assert final.tags.get(Tag.DATA_DIGEST) and final.tags.get(Tag.SPLIT_DIGEST)
+    assert final.params.get("final") == "ensemble" and final.params.get("fold_runs")
+    assert {"oof_roc_auc", "oof_ece", "fold_mean_roc_auc"} <= set(final.metrics)
+    assert not [k for k in final.metrics if k.startswith("test_")]  # no test split of its own
 
 
 def test_the_evaluate_run_carries_what_the_report_reads(roundtrip: RoundTrip) -> None:
@@ -147,6 +164,8 @@ def test_every_report_section_is_filled(roundtrip: RoundTrip, study_store: Study
     assert search["objective"] and search["tuner"] and search["best_trial"]
     (cv,) = context["cvs"]
     assert len(cv["folds"]) == 2 and cv["chart"]
+    assert cv["final"] is not None and cv["final"].kind == RunKind.CV_FINAL
+    assert cv["final"] not in context["others"]  # shown in its CV's section, not apart
     (explained,) = context["explanations"]
     captions = [i["caption"] for i in explained["images"]]
     assert any(c.startswith("Grad-CAM ") for c in captions)
@@ -188,3 +207,22 @@ def test_the_web_model_card_reads_the_champion_and_the_search_winner(
         for metric in TABLED:
             assert f"test_{metric.name}" in card.metrics, metric.name
     assert all(f"test_{m.name}_ci_low" in champion.metrics for m in TABLED if m.bootstrap)
+
+
+def test_the_web_model_card_reads_the_registered_cv_final_ensemble(
+    roundtrip: RoundTrip, study_store: StudyStore
+) -> None:
+    from histomlf.web.model_card import describe_model
+
+    (final,) = [r for r in roundtrip.study.children(study_store.cv_parent_id)
+                if r.kind == RunKind.CV_FINAL]
+    with tracking_env(MLFLOW_TRACKING_URI=study_store.tracking_uri):
+        card = describe_model(CV_FINAL_CHAMPION)
+        version = roundtrip.client.get_model_version(card.name, card.version)
+    assert card.name == CV_FINAL_NAME and card.version and "champion" in card.aliases
+    assert card.run_id == final.run_id and card.run_name == final.name
+    assert card.backbone == version.tags[ModelMeta.MODEL]  # the ensemble's run has no `model`
+    assert card.data_digest == final.tags[Tag.DATA_DIGEST]
+    assert card.split_digest == final.tags[Tag.SPLIT_DIGEST]
+    assert version.tags[VersionTag.KIND] == RunKind.CV_FINAL
+    assert version.tags[VersionTag.FOLD_RUNS] and version.tags[VersionTag.GATE_SCORE]

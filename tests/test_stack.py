@@ -3,19 +3,32 @@ no secret at rest, restarts. One stack per session (tests/stack_fixtures.py)."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
+from stack_fixtures import CALLER_CANARY
 
 from histomlf.cli.server import server
-from histomlf.stack import stack_status, start_stack, stop_stack
+from histomlf.stack import (
+    StackSettings,
+    mlflow_server,
+    postgres,
+    seaweed,
+    stack_status,
+    start_stack,
+    stop_stack,
+)
 from histomlf.stack.processes import free_port
-from histomlf.stack.settings import admin_password, load_settings
+from histomlf.stack.settings import ADMIN_PASSWORD_ENV, admin_password, load_settings
 
 pytest_plugins = ["stack_fixtures"]
 
@@ -249,3 +262,183 @@ def _wait_for(check, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+# --- hardening: SeaweedFS internals, modes, child environments, the auth ini, pid reuse ------
+
+# Defaults of other things a histomlf user runs on the same machine: `histomlf web` (8080),
+# `mlflow models serve` examples (5001), Spark's master (7077), master UI (8080), worker UI
+# (8081) and application UI (4040).
+OTHER_DEFAULT_PORTS = {8080, 5001, 7077, 8081, 4040}
+
+
+def test_default_ports_are_distinct_and_clear_of_histomlf_web_and_spark() -> None:
+    defaults = StackSettings(server_dir=Path("/nonexistent"))
+    ports = [getattr(defaults, f.name) for f in fields(StackSettings) if f.name.endswith("port")]
+    weed = [defaults.weed_master_port, defaults.weed_volume_port, defaults.weed_filer_port,
+            defaults.s3_port]
+    taken = ports + [p + 10000 for p in weed]
+    assert len(set(taken)) == len(taken), taken
+    assert not set(taken) & OTHER_DEFAULT_PORTS, set(taken) & OTHER_DEFAULT_PORTS
+
+
+def test_auth_ini_keeps_a_percent_encoded_database_uri(tmp_path: Path, monkeypatch) -> None:
+    from mlflow.server.auth.config import read_auth_config
+
+    uri = "postgresql://mlflow:p%40ss@db.example.org:5432/mlflow_auth"
+    settings = StackSettings(server_dir=tmp_path, database_uri=uri, admin_username="ad%min")
+    mlflow_server.write_auth_config(settings)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(mlflow_server.auth_config_path(settings)))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    config = read_auth_config()
+    assert config.database_uri == uri
+    assert config.admin_username == "ad%min"
+
+
+def _start_time(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat: the process's start time in clock ticks after boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def test_stop_never_signals_a_reused_pid(tmp_path: Path) -> None:
+    settings = StackSettings(server_dir=tmp_path / "srv")
+    settings.run_dir.mkdir(parents=True)
+    # Two harmless processes whose command lines look like ours, recorded as if a stack had
+    # run under their pids long ago: the recorded start time is not theirs.
+    decoys = {
+        name: subprocess.Popen(["bash", "-c", f"exec -a {name}-server sleep 60"],
+                               start_new_session=True)
+        for name in ("mlflow", "weed")
+    }
+    try:
+        time.sleep(0.2)
+        for path, proc in ((mlflow_server.pid_path(settings), decoys["mlflow"]),
+                           (seaweed.pid_path(settings), decoys["weed"])):
+            path.write_text(f"{proc.pid} {_start_time(proc.pid) + 1}\n")
+        stop_stack(settings, grace=1)
+        time.sleep(0.3)
+        assert [p.poll() for p in decoys.values()] == [None, None], "stop killed a stranger"
+        assert not mlflow_server.running(settings) and not seaweed.running(settings)
+    finally:
+        for proc in decoys.values():
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_service_escalates_term_to_kill_for_the_whole_group(tmp_path: Path) -> None:
+    from histomlf.stack.processes import Service
+
+    service = Service("stubborn", pid_path=tmp_path / "run" / "s.pid",
+                      log_path=tmp_path / "logs" / "s.log", marker="sleep")
+    # bash ignores TERM and so does its sleep child (an ignored signal stays ignored).
+    service.start(["bash", "-c", "trap '' TERM; sleep 60 & echo ready; wait"],
+                  env={"PATH": os.defpath})
+    deadline = time.monotonic() + 10
+    while "ready" not in service.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)  # TERM before the trap is set would be enough
+    pid = service.pid()
+    assert pid is not None and service.running()
+    pid_file = service.pid_path.read_text().split()
+    assert pid_file == [str(pid), str(_start_time(pid))]
+    started = time.monotonic()
+    assert service.stop(grace=0.5) is False  # TERM was not enough
+    assert time.monotonic() - started < 5
+    assert not service.running() and not service.pid_path.exists()
+    deadline = time.monotonic() + 5  # the killed sleep child may wait a moment to be reaped
+    while _group_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_exists(pid), "a process of the group survived KILL"
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether a live (not zombie) process of process group `pgid` remains."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat_file.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _environ(pid: int) -> dict[str, str]:
+    items = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+@pytest.mark.slow
+def test_each_child_gets_only_the_environment_it_needs(tracking_stack) -> None:
+    settings = tracking_stack.settings
+    weed_env = _environ(seaweed.pid(settings))
+    pg_env = _environ(postgres.pid(settings))
+    mlflow_env = _environ(mlflow_server.pid(settings))
+    for name, env in (("weed", weed_env), ("postgres", pg_env)):
+        assert ADMIN_PASSWORD_ENV not in env, name
+        assert not any(k.startswith(("MLFLOW_", "AWS_")) for k in env), (name, sorted(env))
+    for name, env in (("weed", weed_env), ("postgres", pg_env), ("mlflow", mlflow_env)):
+        assert CALLER_CANARY not in env, f"{name} inherited the caller's environment"
+        assert "PATH" in env, name
+    assert mlflow_env[ADMIN_PASSWORD_ENV] == tracking_stack.admin_password
+
+
+@pytest.mark.slow
+def test_stack_folders_are_0700_and_files_0600(tracking_stack) -> None:
+    root = tracking_stack.settings.server_dir
+    # Root running PostgreSQL as `postgres` must let that user through the server dir (x only).
+    top = 0o711 if os.geteuid() == 0 and tracking_stack.settings.local_postgres else 0o700
+    assert stat.S_IMODE(root.stat().st_mode) == top
+    loose = []
+    for path in root.rglob("*"):
+        st = path.lstat()
+        # weed chmods its volume-info files (`<volume>.vif`, no data) to 0644 whatever the
+        # umask; they sit in the 0700 `seaweed/` folder, and each start tightens them again.
+        if path.suffix == ".vif" and path.parent == root / "seaweed":
+            continue
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            if st.st_mode & 0o077:
+                loose.append(f"{path.relative_to(root)} {stat.S_IMODE(st.st_mode):o}")
+    ports = [tracking_stack.settings.s3_port, tracking_stack.settings.weed_master_port,
+             tracking_stack.settings.weed_volume_port, tracking_stack.settings.weed_filer_port]
+    for sock in Path("/tmp").glob("seaweedfs-*.sock"):
+        if any(sock.name.endswith((f"-{n}.sock", f"-{n + 10000}.sock")) for n in ports):
+            if sock.lstat().st_mode & 0o077:
+                loose.append(f"{sock} {stat.S_IMODE(sock.lstat().st_mode):o}")
+    assert loose == []
+
+
+@pytest.mark.slow
+def test_seaweed_internals_refuse_unauthenticated_writes(tracking_stack, tmp_path: Path) -> None:
+    settings, bucket = tracking_stack.settings, tracking_stack.bucket
+    upload = {"file": ("evil.py", b"import os  # planted\n")}
+    # Volume server: a file id from the master, then a plain multipart upload to it.
+    assign = requests.get(f"http://127.0.0.1:{settings.weed_master_port}/dir/assign",
+                          timeout=10).json()
+    volume = requests.post(f"http://{assign['url']}/{assign['fid']}", files=upload, timeout=10)
+    assert volume.status_code == 401, (volume.status_code, volume.text)
+    # Filer over HTTP: what `curl -F file=@x http://127.0.0.1:FILER/path/` does; listing too.
+    filer = f"http://127.0.0.1:{settings.weed_filer_port}/buckets/{bucket}"
+    written = requests.post(f"{filer}/planted-http/", files=upload, timeout=10)
+    assert written.status_code == 401, (written.status_code, written.text)
+    listed = requests.get(f"{filer}/?pretty=y", timeout=10)
+    assert listed.status_code == 401, (listed.status_code, listed.text[:300])
+    # Filer over gRPC (port + 10000) without a client certificate: CreateEntry is refused.
+    grpc = pytest.importorskip("grpc")
+
+    def field(number: int, data: bytes) -> bytes:  # one length-delimited protobuf field
+        return bytes([number << 3 | 2, len(data)]) + data
+
+    entry = field(1, b"planted-grpc.py") + field(9, b"import os  # planted\n")
+    request = field(1, f"/buckets/{bucket}".encode()) + field(2, entry)
+    with grpc.insecure_channel(f"127.0.0.1:{settings.weed_filer_port + 10000}") as channel:
+        create = channel.unary_unary("/filer_pb.SeaweedFiler/CreateEntry")
+        with pytest.raises(grpc.RpcError) as refused:
+            create(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Nothing landed, and S3 with the stack's keys still writes and reads.
+    keys = tracking_stack.bucket_keys()
+    assert not [k for k in keys if k.startswith(("planted-http", "planted-grpc"))], keys
+    client = tracking_stack.s3_client()
+    client.put_object(Bucket=bucket, Key="checks/jwt.txt", Body=b"x" * 300_000)
+    body = client.get_object(Bucket=bucket, Key="checks/jwt.txt")["Body"].read()
+    assert body == b"x" * 300_000

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO_ROOT
+from helpers_wait import wait_for
 from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 
@@ -244,30 +244,30 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, idc_sample: Pa
         start_new_session=True,
     )
     client = MlflowClient(uri)
-    deadline = time.monotonic() + 600
+
+    def two_epochs_backed_up():
+        found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        history = [client.get_metric_history(r.info.run_id, "epoch/val_loss") for r in found]
+        steps = {m.step for metrics in history for m in metrics}
+        return found[0] if 1 in steps else None
+
     try:
-        crashed = None
-        while time.monotonic() < deadline and first.poll() is None:
-            found = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            steps = {
-                m.step
-                for r in found
-                for m in client.get_metric_history(r.info.run_id, "epoch/val_loss")
-            }
-            if 1 in steps:  # two epochs done and backed up
-                crashed = found[0]
-                break
-            time.sleep(0.5)
-        assert crashed is not None, "the first attempt never finished two epochs"
+        crashed = wait_for(two_epochs_backed_up, 600, "the first attempt's two epochs",
+                           process=first)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
 
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    # Run options (registration, its gate metric) are not the recipe: the resume still finds
+    # the crashed attempt's work folder.
+    rerun = [*command, "--register-as", "resume-check", "--gate-metric", "f1"]
+    done = subprocess.run(rerun, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     resumed = client.get_run(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
     assert resumed.data.tags["histomlf.resumed"] == "true"
+    assert resumed.info.run_name == crashed.info.run_name  # the same recipe, the same name
+    assert client.get_registered_model("resume-check").name == "resume-check"
     history = client.get_metric_history(resumed.info.run_id, "epoch/val_loss")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]  # every epoch, backfilled or not
     killed = client.get_run(crashed.info.run_id)

@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +93,6 @@ def run_ok(command: list[str], tmp_path: Path, env: dict[str, str],
         pytest.fail(f"{' '.join(command[2:5])} ran over {timeout} s:\n{output[-6000:]}")
     assert process.returncode == 0, output[-8000:]
     return subprocess.CompletedProcess(command, process.returncode, output, "")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str,
-             process: subprocess.Popen | None = None) -> Any:
-    """Poll `condition` (every 0.5 s) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"process exited ({process.returncode}) before {what}")
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def runs_of(client: MlflowClient) -> list[Any]:

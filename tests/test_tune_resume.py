@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers_wait import wait_for
 from test_tune_e2e import (
     EXPERIMENT,
     SMOKE,
@@ -31,7 +32,6 @@ from test_tune_e2e import (
     trial_runs,
     tune_command,
     tune_env,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow

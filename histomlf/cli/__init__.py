@@ -16,6 +16,7 @@ from histomlf.cli.explain import explain
 from histomlf.cli.registry import registry
 from histomlf.cli.report import report
 from histomlf.cli.server import server
+from histomlf.cli.slide import slide
 from histomlf.cli.train import train
 from histomlf.cli.tune import tune
 from histomlf.cli.web import web
@@ -38,4 +39,5 @@ main.add_command(tune)
 main.add_command(server)
 main.add_command(report)
 main.add_command(web)
+main.add_command(slide)
 data.add_command(push)

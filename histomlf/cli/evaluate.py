@@ -7,9 +7,25 @@ from pathlib import Path
 
 import click
 
-from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
+from histomlf.choices import CALIBRATION_CHOICES, FINAL_CHOICES
+from histomlf.cli.errors import check_tracking_server, shown_as_one_line
+from histomlf.cli.options import (
+    config_options,
+    experiment_name_option,
+    experiment_option,
+    load_checked_config,
+    use_experiment_name,
+)
+from histomlf.errors import UserError
 from histomlf.evaluation.metrics import BRIEF, headline_keys
+from histomlf.model_uri import check_model_uri
+
+
+def check_inputs(model_uri: str, data: str) -> None:
+    """A malformed model URI or a missing DATA is one line before MLflow or TensorFlow loads."""
+    check_model_uri(model_uri)
+    if not data.startswith("s3://") and not Path(data).expanduser().exists():
+        raise UserError(f"no data at {data!r}: give a dataset folder or a manifest CSV")
 
 
 @click.command()
@@ -29,13 +45,13 @@ from histomlf.evaluation.metrics import BRIEF, headline_keys
 )
 def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> None:
     """Score MODEL_URI on DATA (a dataset folder or manifest CSV) and log the metrics."""
+    with shown_as_one_line():
+        check_inputs(model_uri, data)
     check_tracking_server()
     from histomlf.recipes.evaluate import evaluate as evaluate_recipe
 
-    try:
+    with shown_as_one_line():
         result = evaluate_recipe(model_uri, data, split=split, split_file=split_file)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, default=float))
 
 
@@ -52,18 +68,19 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 @click.option("--batch-size", type=int, default=256, show_default=True)
 def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
+    with shown_as_one_line():
+        check_inputs(model_uri, data)
     check_tracking_server()
     from histomlf.recipes.evaluate import predict as predict_recipe
 
-    try:
+    with shown_as_one_line():
         patches, patients = predict_recipe(model_uri, data, out, batch_size=batch_size)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
     click.echo(f"wrote {patches} and {patients}")
 
 
 @click.command()
 @experiment_option
+@experiment_name_option
 @click.option("--folds", type=int, default=5, show_default=True, help="number of patient folds")
 @click.option(
     "--only-folds",
@@ -78,9 +95,34 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
     show_default=True,
     help="log each fold's model (true/false), e.g. to rescore the folds with TTA later",
 )
-@train_config_options
-def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options) -> None:
-    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent."""
+@click.option(
+    "--final",
+    type=click.Choice(FINAL_CHOICES),
+    default="none",
+    show_default=True,
+    help="ensemble: after the folds, their models averaged into one calibrated model with "
+    "out-of-fold scores (a nested cv-final run; registered with --register-as)",
+)
+@click.option(
+    "--calibrate",
+    type=click.Choice(CALIBRATION_CHOICES),
+    default="platt",
+    show_default=True,
+    help="the final model's calibration, fitted on the pooled out-of-fold predictions",
+)
+@config_options("cv")
+def cv(
+    experiment: str,
+    experiment_name: str,
+    folds: int,
+    only_folds: str,
+    log_models: bool,
+    final: str,
+    calibrate: str,
+    **options,
+) -> None:
+    """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent;
+    with --final ensemble, the fold models as one calibrated, registered final model."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
     try:
@@ -91,16 +133,42 @@ def cv(experiment: str, folds: int, only_folds: str, log_models: bool, **options
         ) from None
     if not all(1 <= fold <= folds for fold in chosen):
         raise click.ClickException(f"--only-folds: fold numbers run from 1 to {folds}")
+    if final == "none" and options.get("register_as"):
+        raise click.ClickException(
+            "--register-as registers the final model of --final ensemble; a plain cv has none"
+        )
+    with shown_as_one_line():
+        config, _ = load_checked_config(experiment, options)
+        use_experiment_name(experiment_name)
+        from histomlf.recipes.cv_final import check_final
+
+        check_final(final, calibrate, folds, chosen)
     check_tracking_server()
-    config, _ = load_checked_config(experiment, options)
     from histomlf.recipes.cv import cross_validate
 
-    try:
-        result = cross_validate(config, folds, chosen, log_models=log_models)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
+    with shown_as_one_line():
+        result = cross_validate(
+            config,
+            folds,
+            chosen,
+            log_models=log_models,
+            final=final,
+            calibrate=calibrate,
+            register_as=config.register_as if final != "none" else "",
+        )
     for key in headline_keys("test_", BRIEF):
         mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")
         if mean is not None:
             click.echo(f"{key:24s} {mean:.4f} ± {sd:.4f}")
     click.echo(f"run {result['run_id']}")
+    if "final" in result:
+        done = result["final"]
+        scores = done["metrics"]
+        click.echo(
+            f"final ensemble {done['model_uri']}: out-of-fold on {done['patients']} patients "
+            f"ROC-AUC {scores['oof_roc_auc']:.4f}, ECE {scores['oof_ece_uncalibrated']:.3f} -> "
+            f"{scores['oof_ece']:.3f} after calibration"
+        )
+        if "gate" in done:
+            gate = done["gate"]
+            click.echo(f"registered {gate.name} v{gate.version} as @{gate.alias}: {gate.reason}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histomlf.cli.errors import check_tracking_server, user_errors
+from histomlf.cli.errors import check_tracking_server, shown_as_one_line
 from histomlf.schema import Folder
 
 
@@ -31,10 +31,8 @@ def explain(model_uri: str, data: str, out: Path, patients: str, patches_per_kin
     from histomlf.recipes.explain import explain_model
 
     chosen = [p.strip() for p in patients.split(",")] if patients.strip() else None
-    try:
+    with shown_as_one_line():
         index = explain_model(model_uri, data, out, patients=chosen,
                               patches_per_kind=patches_per_kind, smoothgrad=smoothgrad)
-    except user_errors() as error:
-        raise click.ClickException(str(error).strip().splitlines()[-1]) from error
     click.echo(f"wrote {len(index['gradcam'])} Grad-CAM overlays and "
                f"{len(index['patients'])} patient maps under {out / 'explain'}")

@@ -1,62 +1,35 @@
-"""Click options generated from `TrainConfig`, so the CLI, MLproject and YAML share one name list.
+"""Click options generated from the dataclasses' field metadata: one table of options.
 
-Each field gets a kebab-case option plus its snake_case twin (`--fine-tune-epochs` and
-`--fine_tune_epochs`): `mlflow run -P fine_tune_epochs=2` passes undeclared parameters as
-`--fine_tune_epochs 2`. Every option defaults to None, meaning "as the experiment file says".
+Every option of `train`, `cv` and `tune` that sets a `TrainConfig` or `SearchSettings` field is
+built here from that field (`histomlf.config.setting`): its name (kebab-case plus the
+snake_case twin, since `mlflow run -P fine_tune_epochs=2` passes undeclared parameters as
+`--fine_tune_epochs 2`), its type, its choices and its help. Every option defaults to None,
+meaning "as the experiment file says".
+
+A verb takes every recipe field and only the run options it uses (`config_options(verb)`,
+from `histomlf.config.VERB_RUN_OPTIONS`): an option a verb would ignore is not offered.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 
-from histomlf.config import DEFAULT_EXPERIMENT, TrainConfig
-from histomlf.evaluation.metrics import METRICS
-from histomlf.models.backbones import backbone_names
+from histomlf.config import (
+    DEFAULT_EXPERIMENT,
+    VERB_RUN_OPTIONS,
+    ConfigError,
+    TrainConfig,
+    check_data_location,
+    recipe_fields,
+)
 
-HELP = {
-    "model": "backbone: " + ", ".join(backbone_names()),
-    "weights": "imagenet | none | path to a backbone weights file",
-    "image_size": "input size the model resizes patches to (>= 32)",
-    "epochs": "phase-1 epochs (head only when the backbone is pretrained)",
-    "fine_tune_epochs": "phase-2 epochs with the top backbone layers unfrozen",
-    "fine_tune_layers": "how many top backbone layers phase 2 unfreezes (0: all)",
-    "learning_rate": "phase-1 learning rate",
-    "fine_tune_learning_rate": "phase-2 learning rate",
-    "optimizer": "adam | adamw | sgd | rmsprop",
-    "lr_schedule": "constant | cosine (decay over each phase's steps to 5 %)",
-    "batch_size": "patches per batch",
-    "dropout": "dropout rate of the head",
-    "dense_units": "units of the head's hidden layer (0: none)",
-    "augment": "none | light (flips/rotations) | strong (+ HED stain jitter 0.05) | stronger "
-    "(+ HED jitter 0.2); training split only",
-    "mixup": "mixup alpha: Beta(alpha, alpha) mixing of training patches and labels (0: off)",
-    "label_smoothing": "binary label smoothing of the training loss, in [0, 0.5) (0: off)",
-    "weight_decay": "decoupled weight decay per step x learning rate (0: optimizer default, "
-    "none except adamw's 0.004)",
-    "tta": "none | dihedral8 (score the mean over the 8 flips/rotations; served model too)",
-    "snapshots": "snapshot ensemble: N > 1 splits the epochs into N cosine cycles (warm "
-    "restarts) and serves the mean of the N cycle-end models as one model (1: off)",
-    "balance": "class_weight | undersample | none (training split only)",
-    "early_stopping_patience": "epochs without val ROC-AUC gain before stopping (0: off)",
-    "threshold_policy": "youden | best_f1 | sensitivity:<x> | fixed:<t>, chosen on val",
-    "gate_metric": "test-split metric the registry gate compares: " + ", ".join(METRICS),
-    "max_samples": "use at most this many patches in total, stratified (0: all)",
-    "seed": "random seed (splits, shuffling, weights)",
-    "data_dir": "dataset folder in the Kaggle layout (empty: $HISTOMLF_DATA_DIR or synthetic)",
-    "val_fraction": "fraction of patients for validation",
-    "test_fraction": "fraction of patients for test",
-    "register_as": "register the model under this name and apply the champion gate",
-    "packed_cache": "decode PNGs once into a packed uint8 cache (true/false)",
-    "explain": "log Grad-CAM overlays and patient maps of the test split (true/false)",
-    "devices": "cpu | all (every GPU) | N (N GPUs, or N logical CPU devices without GPU)",
-}
-
-SKIP = {"experiment"}
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 experiment_option = click.option(
     "--experiment",
@@ -67,41 +40,87 @@ experiment_option = click.option(
 )
 """The `--experiment` option of `train` and `cv` (the experiment file, not MLflow's)."""
 
+experiment_name_option = click.option(
+    "--experiment-name",
+    "experiment_name",
+    default="",
+    help="MLflow experiment to log the run in (as `mlflow run --experiment-name`; default "
+    "$MLFLOW_EXPERIMENT_NAME, else histomlf)",
+)
+"""MLflow's experiment (a name in the tracking store), not the experiment file `-e`."""
 
-def config_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(TrainConfig) if f.name not in SKIP]
+
+def _click_type(hint: Any, choices: Any) -> Any:
+    if choices is not None:
+        names = choices() if callable(choices) else choices
+        return click.Choice(list(names))
+    return {int: int, float: float, bool: click.BOOL}.get(hint, str)
 
 
-def train_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a click command with one option per `TrainConfig` field."""
-    hints = typing.get_type_hints(TrainConfig)
-    for field in reversed(config_fields()):
-        kebab = "--" + field.name.replace("_", "-")
-        names = [kebab] if "_" not in field.name else [kebab, f"--{field.name}"]
-        kind = {int: int, float: float, bool: str, str: str}.get(hints[field.name], str)
-        command = click.option(
-            *names, field.name, type=kind, default=None, help=HELP.get(field.name, field.name)
-        )(command)
-    return command
+def dataclass_options(cls: type, names: Iterable[str]) -> Decorator:
+    """One option per field of `cls` named in `names`, from the field's metadata."""
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    chosen = [by_name[name] for name in names]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for field in reversed(chosen):
+            kebab = "--" + field.name.replace("_", "-")
+            flags = [kebab] if "_" not in field.name else [kebab, f"--{field.name}"]
+            command = click.option(
+                *flags,
+                field.name,
+                type=_click_type(hints[field.name], field.metadata.get("choices")),
+                default=None,
+                help=field.metadata.get("help", field.name),
+            )(command)
+        return command
+
+    return decorate
+
+
+def config_options(verb: str) -> Decorator:
+    """Every recipe field of `TrainConfig` plus the run options `verb` uses
+    (`histomlf.config.VERB_RUN_OPTIONS`)."""
+    return dataclass_options(TrainConfig, (*recipe_fields(), *VERB_RUN_OPTIONS[verb]))
 
 
 def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
-    """The options the user actually gave; an empty string (an unset MLproject default) is unset."""
-    names = {f.name for f in config_fields()}
+    """The config options the user gave; an empty string (an unset MLproject default) is unset."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"experiment"}
     return {k: v for k, v in options.items() if k in names and v not in (None, "")}
 
 
 def load_checked_config(
     experiment: str, options: dict[str, Any]
 ) -> tuple[TrainConfig, dict[str, Any]]:
-    """Load an experiment plus CLI overrides; a bad value is one line before any run opens."""
-    from histomlf.config import ConfigError, load_experiment
+    """Load an experiment plus CLI overrides and check where its data is: a `ConfigError`
+    before any run opens, any data is read, or TensorFlow or MLflow is imported."""
+    from histomlf.config import load_experiment
 
-    try:
-        config, sections = load_experiment(
-            experiment, overrides_from(options), sections=("search",)
-        )
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from error
+    config, sections = load_experiment(experiment, overrides_from(options), sections=("search",))
+    check_data_location(config.data_dir)
     return config, sections
 
+
+def use_experiment_name(name: str, *, fixed_by: str = "") -> None:
+    """Log this process's runs in MLflow experiment `name` (empty: leave it as configured).
+
+    `fixed_by` names what already decides the experiment (a resumed search's parent run);
+    under `mlflow run`, or with `$MLFLOW_EXPERIMENT_ID` set, the experiment is chosen there.
+    """
+    if not name:
+        return
+    if fixed_by:
+        raise ConfigError(f"--experiment-name: {fixed_by} already decides the experiment")
+    if os.environ.get("MLFLOW_RUN_ID"):
+        raise ConfigError(
+            "--experiment-name: this run was opened by `mlflow run`; name the experiment there "
+            "(mlflow run --experiment-name NAME)"
+        )
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        raise ConfigError(
+            "--experiment-name conflicts with $MLFLOW_EXPERIMENT_ID "
+            f"({os.environ['MLFLOW_EXPERIMENT_ID']}): unset one of them"
+        )
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = name

@@ -1,9 +1,10 @@
-"""`histomlf report`: an experiment (or a list of runs) as one readable study, HTML and PDF."""
+"""`histomlf report`: an experiment (or a list of runs) as one readable study, HTML and PDF.
+
+The work is the report recipe's (`histomlf.recipes.report`); this parses options and prints.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 from pathlib import Path
 
 import click
@@ -44,34 +45,17 @@ def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path
         raise click.ClickException("give --experiment-name NAME (repeatable) or --runs ID,... "
                                    "(one of them, not both)")
     check_tracking_server()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line of output
-    from histomlf.report.model import Study
-    from histomlf.report.pdf import PdfError, find_chromium, print_pdf
-    from histomlf.report.render import write_html
-    from histomlf.report.store import ReportSelectionError, ReportStore
+    from histomlf.recipes.report import write_report
+    from histomlf.report.pdf import PdfError
+    from histomlf.report.store import ReportSelectionError
 
     try:
-        if pdf is not None:
-            find_chromium()  # before reading anything: a missing browser is a one-line error
-        store = ReportStore()
-        runs, selection = store.select(experiment_names, run_ids)
-        study = Study(
-            title=title or f"histomlf study report: {selection}",
-            selection=selection,
-            runs=tuple(runs),
-            generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            mlflow_url=mlflow_url,
-        )
-        write_html(study, out)
-        files = [out]
-        if pdf is not None:
-            files.append(print_pdf(out, pdf))
-        click.echo(f"wrote {' and '.join(str(f) for f in files)} ({len(runs)} runs)")
-        if log_run:
-            experiment = log_experiment or runs[0].experiment_name
-            run_id = store.log_report(experiment_name=experiment, runs=runs, files=files,
-                                      title=study.title)
-            click.echo(f"logged as run {run_id} ({Tag.KIND}={RunKind.REPORT}) in experiment "
-                       f"{experiment!r}")
+        outcome = write_report(experiment_names, run_ids, out, pdf=pdf, title=title,
+                               mlflow_url=mlflow_url, log_run=log_run,
+                               log_experiment=log_experiment)
     except (ReportSelectionError, PdfError, OSError) as error:
         raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {' and '.join(str(f) for f in outcome.files)} ({outcome.runs} runs)")
+    if outcome.run_id is not None:
+        click.echo(f"logged as run {outcome.run_id} ({Tag.KIND}={RunKind.REPORT}) in experiment "
+                   f"{outcome.experiment!r}")

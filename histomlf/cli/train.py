@@ -6,36 +6,68 @@ import json
 
 import click
 
-from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import experiment_option, load_checked_config, train_config_options
+from histomlf.cli.errors import check_tracking_server, shown_as_one_line
+from histomlf.cli.options import (
+    config_options,
+    experiment_name_option,
+    experiment_option,
+    load_checked_config,
+    use_experiment_name,
+)
 from histomlf.evaluation.metrics import HEADLINE, headline_keys
 
 
 @click.command()
 @experiment_option
-@train_config_options
+@experiment_name_option
+@config_options("train")
 @click.option(
     "--json", "as_json", is_flag=True, help="print the run id, model URI and metrics as JSON"
 )
-def train(experiment: str, as_json: bool, **options) -> None:
+def train(experiment: str, experiment_name: str, as_json: bool, **options) -> None:
     """Train one backbone on a patient-level split and log everything to MLflow."""
+    with shown_as_one_line():  # every check before MLflow or TensorFlow is imported
+        config, _ = load_checked_config(experiment, options)
+        use_experiment_name(experiment_name)
     check_tracking_server()
-    config, _ = load_checked_config(experiment, options)
 
     from histomlf.recipes.train import train as train_recipe
 
-    try:
+    with shown_as_one_line():
         result = train_recipe(config)
-    except user_errors() as error:
-        raise click.ClickException(str(error)) from error
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
     print_summary(result)
 
 
+def next_steps(result: dict) -> list[str]:
+    """What to do after a run, in order; the list is numbered as printed."""
+    gate = result.get("gate")
+    steps = [
+        f"compare runs:   mlflow ui   (then open http://127.0.0.1:5000/{result.get('ui_path', '')})"
+    ]
+    if gate is not None:
+        champion = f"models:/{gate.name}@champion"
+        steps.append(
+            f"serve it:       mlflow models serve -m {champion} --env-manager local -p 5001\n"
+            "     then:           curl -s localhost:5001/invocations -H 'Content-Type: "
+            "application/json' -d \"{\\\"dataframe_split\\\": {\\\"columns\\\": "
+            "[\\\"image\\\"], \\\"data\\\": [[\\\"$(base64 -w0 patch.png)\\\"]]}}\""
+        )
+        steps.append(
+            f"the website:    histomlf web --model {champion}   (then open "
+            "http://127.0.0.1:8080: upload patches or a patient's zip)"
+        )
+    steps.append(
+        "real data:      mlflow run . --env-manager local -P data_dir=/path/to/idc   "
+        "(the Kaggle layout; `histomlf data fetch DEST` downloads it)"
+    )
+    return steps
+
+
 def print_summary(result: dict) -> None:
-    """The run, its headline test metrics, the gate's verdict and the next three commands."""
+    """The run, its headline test metrics, the gate's verdict and what to do next."""
     metrics = result["metrics"]
     click.echo(f"run {result['run_id']}  model {result['model_uri']}")
     for name in headline_keys("test_", HEADLINE):
@@ -49,19 +81,5 @@ def print_summary(result: dict) -> None:
             "patches whose classes differ by texture. The scores say nothing about real tissue."
         )
     click.echo("\nNext:")
-    ui_path = result.get("ui_path", "")
-    click.echo(f"  1. compare runs:   mlflow ui   (then open http://127.0.0.1:5000/{ui_path})")
-    if gate is not None:
-        click.echo(
-            f"  2. serve it:       mlflow models serve -m models:/{gate.name}@champion "
-            "--env-manager local -p 5001"
-        )
-        click.echo(
-            "     then:           curl -s localhost:5001/invocations -H 'Content-Type: "
-            "application/json' -d \"{\\\"dataframe_split\\\": {\\\"columns\\\": "
-            "[\\\"image\\\"], \\\"data\\\": [[\\\"$(base64 -w0 patch.png)\\\"]]}}\""
-        )
-    click.echo(
-        "  3. real data:      mlflow run . --env-manager local -P data_dir=/path/to/idc   "
-        "(the Kaggle layout; `histomlf data fetch DEST` downloads it)"
-    )
+    for number, step in enumerate(next_steps(result), start=1):
+        click.echo(f"  {number}. {step}")

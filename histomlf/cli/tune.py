@@ -4,6 +4,10 @@ The same command runs a whole search in one process, a chief with `--workers N` 
 a chief for workers on other machines (`KERASTUNER_TUNER_ID=chief`, `KERASTUNER_ORACLE_IP`,
 `KERASTUNER_ORACLE_PORT` set), or one of those workers (`--parent-run-id P` plus the same
 variables with `KERASTUNER_TUNER_ID=tuner<k>`). `--resume P` continues search P.
+
+Every check — options, experiment file, search settings, the ones that need both (devices,
+snapshots, Hyperband's budget) and where the data is — runs before MLflow, Keras Tuner or
+TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -12,41 +16,25 @@ import json
 
 import click
 
-from histomlf.cli.errors import check_tracking_server, user_errors
-from histomlf.cli.options import overrides_from, train_config_options
-from histomlf.config import ConfigError
-from histomlf.evaluation.metrics import HEADLINE, headline_keys
-
-SEARCH_OPTIONS = (
-    ("tuner", str, "random | bayesian | hyperband | grid"),
-    ("max_trials", int, "most trials to run (failed ones count)"),
-    ("executions_per_trial", int, "fits from scratch per trial; the objective is their mean"),
-    ("objective", str, "val_<metric> to optimise: val_roc_auc (default), val_pr_auc, val_loss"),
-    ("direction", str, "max | min (default: min for loss, brier, ece; else max)"),
-    ("max_epochs", int, "hyperband: most epochs of one trial, both phases (0: epochs + "
-                        "fine_tune_epochs)"),
-    ("factor", int, "hyperband: reduction factor between rounds"),
-    ("hyperband_iterations", int, "hyperband: how many times to run all brackets"),
-    ("max_retries_per_trial", int, "rerun a crashed trial this many times"),
-    ("max_consecutive_failed_trials", int, "stop the search after this many failures in a row"),
-    ("log_models", str, "best (only the winner's model, in its trial run) | all"),
+from histomlf.cli.errors import check_tracking_server, shown_as_one_line
+from histomlf.cli.options import (
+    config_options,
+    dataclass_options,
+    experiment_name_option,
+    overrides_from,
+    use_experiment_name,
 )
-
-
-def search_options(command):
-    """One kebab-case option (plus snake_case twin for `mlflow run -P`) per search setting."""
-    for name, kind, text in reversed(SEARCH_OPTIONS):
-        kebab = "--" + name.replace("_", "-")
-        names = [kebab] if "_" not in name else [kebab, f"--{name}"]
-        command = click.option(*names, name, type=kind, default=None, help=text)(command)
-    return command
+from histomlf.config import ConfigError, check_data_location, run_fields
+from histomlf.evaluation.metrics import HEADLINE, headline_keys
+from histomlf.tuning.settings import SearchSettings, SearchSpec, load_search, setting_names
 
 
 @click.command()
 @click.option("--experiment", "-e", default="tune_smoke", show_default=True,
               help="experiment file or name under experiments/ (with a search: section)")
-@search_options
-@train_config_options
+@experiment_name_option
+@dataclass_options(SearchSettings, setting_names())
+@config_options("tune")
 @click.option("--resume", default="", help="parent run id of a search to continue")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="start a chief and this many local workers (distributed Keras Tuner)")
@@ -58,40 +46,43 @@ def search_options(command):
 @click.option("--threads", type=int, default=0,
               help="TensorFlow threads of this process (0: all cores; workers: cores / N)")
 @click.option("--json", "as_json", is_flag=True, help="print the search result as JSON")
-def tune(experiment: str, resume: str, workers: int, parent_run_id: str, tuner_dir: str,
-         threads: int, as_json: bool, **options) -> None:
+def tune(experiment: str, experiment_name: str, resume: str, workers: int, parent_run_id: str,
+         tuner_dir: str, threads: int, as_json: bool, **options) -> None:
     """Search hyperparameters with Keras Tuner; every trial is a nested MLflow run."""
-    check_tracking_server()
-    from histomlf.tuning.distributed import configure_threads
-
-    if workers < 0:
-        raise click.ClickException("--workers must be >= 0")
-    configure_threads(threads)
-    search_keys = {name for name, _, _ in SEARCH_OPTIONS}
+    search_keys = set(setting_names())
     given = {k: v for k, v in options.items() if k in search_keys and v not in (None, "")}
     train_given = overrides_from(options)
-
+    run_given = {k: v for k, v in train_given.items() if k in run_fields()}
+    spec = None
+    with shown_as_one_line():  # every check before MLflow, Keras Tuner or TensorFlow loads
+        if workers < 0:
+            raise ConfigError("--workers must be >= 0")
+        check_data_location(train_given.get("data_dir", ""))
+        if parent_run_id or resume:
+            use_experiment_name(experiment_name, fixed_by=f"the search's parent run "
+                                                          f"{parent_run_id or resume}")
+            recipe_keys = sorted(train_given.keys() - run_given.keys())
+            if resume and recipe_keys:
+                raise ConfigError("--resume continues the saved search; it cannot change "
+                                  f"{', '.join(recipe_keys)}")
+        else:
+            use_experiment_name(experiment_name)
+            spec = SearchSpec(*load_search(experiment, {**train_given, **given}))
+    check_tracking_server()
     from histomlf.recipes import tune as tune_recipe
-    from histomlf.tuning.settings import SearchSpec
+    from histomlf.tuning.distributed import configure_threads
 
-    try:
+    configure_threads(threads)
+    with shown_as_one_line():
         if parent_run_id:
             tune_recipe.run_worker(parent_run_id, tuner_dir=tuner_dir,
-                                data_dir=train_given.get("data_dir", ""))
+                                   data_dir=train_given.get("data_dir", ""))
             return
         if resume:
-            if train_given.keys() - {"data_dir"}:
-                raise ConfigError("--resume continues the saved search; it cannot change "
-                                  f"{', '.join(sorted(train_given.keys() - {'data_dir'}))}")
-            spec = tune_recipe.resumed_spec(resume, tune_recipe.tuner_root(tuner_dir), given)
-        else:
-            from histomlf.tuning.settings import load_search
-
-            spec = SearchSpec(*load_search(experiment, {**train_given, **given}))
+            spec = tune_recipe.resumed_spec(resume, tune_recipe.tuner_root(tuner_dir), given,
+                                            run_options=run_given)
         result = tune_recipe.tune(spec, resume=resume, workers=workers,
-                                       tuner_dir=tuner_dir, threads=threads)
-    except (ConfigError, RuntimeError, *user_errors()) as error:
-        raise click.ClickException(str(error).strip().splitlines()[-1]) from error
+                                  tuner_dir=tuner_dir, threads=threads)
     if as_json:
         click.echo(json.dumps(result, default=str))
         return

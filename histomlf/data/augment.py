@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-AUGMENT_MODES = ("none", "light", "strong", "stronger")
+from histomlf.choices import AUGMENT_CHOICES as AUGMENT_MODES
 
 # Stain vectors (rows: H, E, DAB) in RGB optical density, Ruifrok & Johnston 2001 (as skimage).
 _RGB_FROM_HED = np.array(

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-BALANCE_MODES = ("class_weight", "undersample", "none")
+from histomlf.choices import BALANCE_CHOICES as BALANCE_MODES
 
 
 def check_balance(balance: str) -> None:

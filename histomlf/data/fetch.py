@@ -13,13 +13,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from histomlf.errors import UserError
+
 DATASET = "paultimothymooney/breast-histopathology-images"
 DATASET_URL = f"https://www.kaggle.com/datasets/{DATASET}"
 PROBE_URL = "https://www.kaggle.com/"
 PROBE_TIMEOUT_S = 8.0
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """The dataset could not be downloaded; the message says what to do instead."""
 
 

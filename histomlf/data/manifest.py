@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from histomlf.errors import UserError
+
 MANIFEST_COLUMNS = ("path", "patient_id", "x", "y", "label", "width", "height", "sha1")
 QUARANTINE_COLUMNS = ("path", "reason")
 # What identifies the data itself; the path only says where it lies.
@@ -23,7 +25,7 @@ DIGEST_COLUMNS = ("patient_id", "x", "y", "label", "width", "height", "sha1")
 _INT_COLUMNS = ("x", "y", "label", "width", "height")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest file is missing, unreadable or lacks required columns."""
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from histomlf.data.patches import CHANNELS, PATCH_SIZE
+from histomlf.errors import UserError
 from histomlf.memory import release_freed_memory
 
 FORMAT_VERSION = 1
@@ -48,7 +49,7 @@ DIGEST_CHUNK_ROWS = 16_384
 RowDecoder = Callable[[pd.DataFrame], Iterable[np.ndarray]]
 
 
-class PackedCacheError(RuntimeError):
+class PackedCacheError(UserError, RuntimeError):
     """A packed cache folder is incomplete or inconsistent; the message says what is wrong."""
 
 

@@ -15,6 +15,9 @@ import io
 import numpy as np
 from PIL import Image
 
+from histomlf.errors import UserError
+from histomlf.schema import ModelMeta
+
 PATCH_SIZE = 50
 CHANNELS = 3
 PAD_VALUE = 255
@@ -52,7 +55,13 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-class PatchDecodeError(ValueError):
+def patch_scale(patch_mpp: float) -> dict[str, str]:
+    """The physical size of a model's input, as logged with every model (metadata, run params,
+    registered version tags): `PATCH_SIZE` px a side at `patch_mpp` µm/px (issue 22)."""
+    return {ModelMeta.PATCH_PX: str(PATCH_SIZE), ModelMeta.PATCH_MPP: str(patch_mpp)}
+
+
+class PatchDecodeError(UserError, ValueError):
     """The bytes are not a usable patch image; the message says why."""
 
 

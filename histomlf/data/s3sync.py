@@ -7,13 +7,21 @@ then rename), so an interrupted sync never leaves a half-written patch. Endpoint
 from the standard AWS variables plus `MLFLOW_S3_ENDPOINT_URL`/`AWS_ENDPOINT_URL`; errors are one
 line (missing bucket, refused key, unreachable endpoint), with short connect timeouts and few
 retries so a bad setting fails in seconds.
+
+Whoever can write to the bucket must not be able to write or delete anything outside the cache:
+every key is turned into a path by `key_to_relpath` (plain segments only, nothing absolute,
+empty, `.` or `..`), its target must still resolve inside the local copy (a symlink there that
+points out is not followed), a refused key is a warning naming it, and a sync deletes only files
+its own index recorded as written inside the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,10 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from histomlf.errors import UserError
+
 INDEX_NAME = ".s3sync-index.json"
+_DRIVE = re.compile(r"^[A-Za-z]:")
+log = logging.getLogger(__name__)
 
 
-class S3SyncError(RuntimeError):
+class S3SyncError(UserError, RuntimeError):
     """S3 cannot be used as asked; the message is one line saying why."""
 
 
@@ -38,6 +50,59 @@ class SyncStats:
     skipped: int = 0
     removed: int = 0
     bytes: int = 0
+    refused: int = 0
+
+
+class UnsafeKey(ValueError):
+    """An S3 key that does not map to a path inside the local copy; the message says why."""
+
+
+def key_to_relpath(key: str, prefix: str) -> str:
+    """The path, relative to the local copy of `prefix`, that the object `key` is written to.
+
+    AWS S3 keeps keys as written, so `p//etc/x`, `/etc/x` (empty prefix) or `p/a/../../x` are
+    real keys; each is refused (`UnsafeKey`) rather than mapped anywhere: the relative path
+    must be non-empty, made of plain segments (no empty, `.` or `..` segment, no backslash,
+    NUL or drive letter), and not the sync's own index file. A key ending in `/` is a folder
+    marker, not a file.
+    """
+    if prefix:
+        if not key.startswith(f"{prefix}/"):
+            raise UnsafeKey(f"not under the prefix {prefix}/")
+        rel = key[len(prefix) + 1:]
+    else:
+        rel = key
+    if not rel or rel.endswith("/"):
+        raise UnsafeKey("a folder marker, not a file")
+    if "\\" in rel or "\0" in rel:
+        raise UnsafeKey("a backslash or NUL in the path")
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeKey("an empty, '.' or '..' path segment (or an absolute path)")
+    if _DRIVE.match(parts[0]):
+        raise UnsafeKey("a drive letter")
+    if rel == INDEX_NAME:
+        raise UnsafeKey("the name of the sync's own index file")
+    return rel
+
+
+def _target_inside(local_dir: Path, rel: str) -> Path | None:
+    """`local_dir / rel` when it resolves inside `local_dir` (already resolved), else None.
+
+    `resolve()` follows every symlink on the way, so a link inside the cache that points out
+    of it makes its target refused instead of written through.
+    """
+    target = local_dir / rel
+    try:
+        inside = target.resolve().is_relative_to(local_dir)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return target if inside else None
+
+
+def _refuse(stats: SyncStats, key: str, why: str) -> None:
+    stats.refused += 1
+    log.warning("s3 sync: refused key %r: %s; nothing written", key, why)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -127,9 +192,10 @@ def _progress_bar(total: int, desc: str, enabled: bool | None):
 
 def _load_index(path: Path) -> dict[str, dict]:
     try:
-        return json.loads(path.read_text())
+        index = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return index if isinstance(index, dict) else {}
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -155,24 +221,41 @@ def sync_s3_prefix(
     """
     bucket, prefix = parse_s3_uri(uri)
     endpoint = endpoint_url or endpoint_from_env() or "AWS S3"
+    if prefix:
+        try:
+            key_to_relpath(prefix, "")
+        except UnsafeKey as why:
+            raise S3SyncError(f"unusable prefix in {uri}: {why}") from None
     local_dir = Path(cache_dir).expanduser().resolve() / bucket / prefix
     local_dir.mkdir(parents=True, exist_ok=True)
+    root = local_dir.resolve()
     index_path = local_dir / INDEX_NAME
     index = _load_index(index_path)
     client = s3_client(endpoint_url, max_pool=workers)
     try:
-        objects = [o for o in _list(client, bucket, prefix) if not o["Key"].endswith("/")]
+        objects = list(_list(client, bucket, prefix))
     except Exception as exc:
         raise _explain(exc, bucket, endpoint) from exc
 
-    stats = SyncStats(objects=len(objects))
+    stats = SyncStats()
     todo = []
+    listed: set[str] = set()
     for obj in objects:
-        rel = obj["Key"][len(prefix) + 1:] if prefix else obj["Key"]
-        if not rel or rel == INDEX_NAME or ".." in Path(rel).parts:
+        key = obj["Key"]
+        if key.endswith("/"):
+            continue  # a folder marker (as the S3 console makes them), not a file
+        stats.objects += 1
+        try:
+            rel = key_to_relpath(key, prefix)
+        except UnsafeKey as why:
+            _refuse(stats, key, str(why))
             continue
+        target = _target_inside(root, rel)
+        if target is None:
+            _refuse(stats, key, f"its path leads out of {local_dir} (through a symlink)")
+            continue
+        listed.add(rel)
         seen = index.get(rel)
-        target = local_dir / rel
         if (
             seen
             and seen.get("etag") == obj["ETag"]
@@ -184,10 +267,14 @@ def sync_s3_prefix(
         else:
             todo.append((obj, rel))
 
-    def fetch(item: tuple[dict, str]) -> tuple[str, dict]:
+    def fetch(item: tuple[dict, str]) -> tuple[str, dict | None]:
         obj, rel = item
-        target = local_dir / rel
+        target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
+        # checked again once the folders exist: a link made since the listing is not followed
+        if _target_inside(root, rel) is None:
+            _refuse(stats, obj["Key"], f"its path leads out of {local_dir} (through a symlink)")
+            return rel, None
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -202,10 +289,13 @@ def sync_s3_prefix(
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for rel, entry in pool.map(fetch, todo):
+                bar.update(1)
+                if entry is None:
+                    listed.discard(rel)
+                    continue
                 index[rel] = entry
                 stats.transferred += 1
                 stats.bytes += entry["size"]
-                bar.update(1)
     except S3SyncError:
         raise
     except Exception as exc:
@@ -214,13 +304,28 @@ def sync_s3_prefix(
         bar.close()
         _atomic_json(index_path, index)
 
-    listed = {o["Key"][len(prefix) + 1:] if prefix else o["Key"] for o in objects}
     for rel in [r for r in index if r not in listed]:
-        (local_dir / rel).unlink(missing_ok=True)
         del index[rel]
-        stats.removed += 1
+        _remove_recorded(root, rel, stats)
     _atomic_json(index_path, index)
     return local_dir, stats
+
+
+def _remove_recorded(local_dir: Path, rel: str, stats: SyncStats) -> None:
+    """Delete the file the index recorded for a key that is gone, only if it is one this sync
+    could have written: a plain relative path that still resolves inside the local copy (an
+    index written by an older version may hold paths that never lay inside it)."""
+    try:
+        key_to_relpath(rel, "")
+    except UnsafeKey as why:
+        log.warning("s3 sync: not deleting %r recorded in the index: %s", rel, why)
+        return
+    target = _target_inside(local_dir, rel)
+    if target is None:
+        log.warning("s3 sync: not deleting %r: it leads out of %s", rel, local_dir)
+        return
+    target.unlink(missing_ok=True)
+    stats.removed += 1
 
 
 def _md5(path: Path) -> str:

@@ -11,6 +11,11 @@ a name lands in the same job and is decoded at most once per distinct content) a
 worker processes that return only small rows, so memory does not grow with pixel data.
 Workers are spawned, not forked, so scanning from a process that already runs TensorFlow is
 safe; pandas is imported only in the parent to keep them light.
+
+The scan does not trust the file system: only regular files (or links to them) of at most
+`MAX_PATCH_BYTES` are read, never more than that plus one byte, and a FIFO, socket or device
+named like a patch is quarantined from its type before anything opens it. Every folder walk
+remembers the (device, inode) of the folders it entered, so a link loop (`ln -s . a`) ends.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 import time
 import warnings
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from histomlf.data.patches import MAX_PATCH_PIXELS, PATCH_SIZE, to_rgb_array
+from histomlf.errors import UserError
 from histomlf.paths import cache_root
 
 if TYPE_CHECKING:
@@ -41,19 +48,22 @@ if TYPE_CHECKING:
 
 SCAN_VERSION = 1
 SECOND_TOP_FOLDER = "IDC_regular_ps50_idx5"
-PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$", re.ASCII)
+PATCH_NAME = re.compile(r"^(\d+)_idx5_x(\d{1,9})_y(\d{1,9})_class([01])\.png$", re.ASCII)
 PATIENT_FOLDER = re.compile(r"[0-9]+")
 NAME_PATTERN = "<pid>_idx5_x<X>_y<Y>_class<0|1>.png"
 LITTER_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".Spotlight-V100"})
 CLASS_FOLDERS = ("0", "1")
 # Files per job: big enough to amortise process hand-offs, small enough to balance two cores.
 JOB_FILES = 4000
+# A 50x50 RGB PNG is at most ~7.5 KB of pixels plus chunks: anything above 1 MB is not a patch
+# (and a link to /dev/zero is not read until memory runs out).
+MAX_PATCH_BYTES = 1 << 20
 MANIFEST_FILE = "manifest.csv"
 QUARANTINE_FILE = "quarantine.csv"
 STATS_FILE = "scan.json"
 
 
-class ScanError(ValueError):
+class ScanError(UserError, ValueError):
     """The data folder cannot be scanned at all (missing, empty, no patches)."""
 
 
@@ -77,32 +87,71 @@ def _is_patient(name: str) -> bool:
     return PATIENT_FOLDER.fullmatch(name) is not None
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """`entry.is_dir()`, but False where a link cannot be followed (`x -> x` raises ELOOP)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _folder_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the folder `path` leads to, the same through any link; None if gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _enter(path: str | os.PathLike, seen: set[tuple[int, int]]) -> bool:
+    """Whether a walk should enter the folder `path`: not when it (or a link to it) was entered
+    before, which is what ends a link loop such as `ln -s . a`."""
+    key = _folder_id(path)
+    if key is None or key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
 def _top_folders(data_dir: Path) -> list[Path]:
-    """The folders that hold patient folders: DATA_DIR itself, then e.g. IDC_regular_ps50_idx5."""
+    """The folders that hold patient folders: DATA_DIR itself, then e.g. IDC_regular_ps50_idx5.
+
+    A child that is DATA_DIR again (a link such as `a -> .`) or another child again is skipped.
+    """
     roots = [data_dir]
+    seen: set[tuple[int, int]] = set()
+    _enter(data_dir, seen)
     with os.scandir(data_dir) as entries:
         children = sorted(
             (
                 e
                 for e in entries
-                if e.is_dir() and not _is_patient(e.name) and not _is_litter(e.name)
+                if _is_dir(e) and not _is_patient(e.name) and not _is_litter(e.name)
             ),
             key=lambda e: (e.name != SECOND_TOP_FOLDER, e.name),
         )
     for child in children:
-        with os.scandir(child.path) as entries:
-            if any(_is_patient(e.name) and e.is_dir() for e in entries):
-                roots.append(Path(child.path))
+        if not _enter(child.path, seen):
+            continue
+        try:
+            with os.scandir(child.path) as entries:
+                if any(_is_patient(e.name) and _is_dir(e) for e in entries):
+                    roots.append(Path(child.path))
+        except OSError:
+            continue  # an unreadable side folder holds no patients we could scan
     return roots
 
 
 def _patient_folders(roots: list[Path]) -> dict[str, list[str]]:
-    """Patient id -> its folders under every top folder, first top folder first."""
+    """Patient id -> its folders under every top folder, first top folder first (a folder
+    reached twice, e.g. through a link, counts once)."""
     patients: dict[str, list[str]] = {}
+    seen: set[tuple[int, int]] = set()
     for root in roots:
         with os.scandir(root) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
-                if _is_patient(entry.name) and entry.is_dir():
+                if _is_patient(entry.name) and _is_dir(entry) and _enter(entry.path, seen):
                     patients.setdefault(entry.name, []).append(entry.path)
     return patients
 
@@ -125,7 +174,7 @@ def _top_level_files(roots: list[Path]) -> tuple[list[tuple[str, str]], int]:
     for root in roots:
         with os.scandir(root) as entries:
             for entry in entries:
-                if entry.is_dir():
+                if _is_dir(entry):
                     continue
                 if entry.name.lower().endswith(".png") and not _is_litter(entry.name):
                     reason = "misplaced: not inside a <pid>/<0|1>/ folder"
@@ -172,15 +221,98 @@ def check_patch_bytes(data: bytes) -> tuple[int, int] | str:
     return width, height
 
 
-def _walk_misplaced(folder: str, why: str, out: dict[str, Any], keep: Any) -> None:
-    """Quarantine PNGs found where no patch belongs; ignore anything else."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return kind
+    return f"a special file (mode {mode:o})"
+
+
+def _refusal(info: os.stat_result, path: str, cap: int) -> str | None:
+    """Why a file with this status is not read as a patch, or None when it may be."""
+    if not stat.S_ISREG(info.st_mode):
+        link = "a link to " if os.path.islink(path) else ""
+        return f"not a regular file: {link}{_kind(info.st_mode)}"
+    if info.st_size > cap:
+        return f"too large for a patch: {info.st_size} bytes (limit {cap} bytes)"
+    return None
+
+
+def read_patch_file(path: str, *, listed_regular: bool = False, cap: int = MAX_PATCH_BYTES
+                    ) -> bytes | str:
+    """The bytes of the patch file at `path`, or the reason (one line) they were not read.
+
+    Only a regular file, or a link to one, of at most `cap` bytes is read, and never more than
+    `cap + 1` bytes: a FIFO, socket or device (a link to /dev/zero) is refused from its status
+    before anything opens it; the open is non-blocking, so a FIFO swapped in meanwhile cannot
+    hang the scan, and the opened file's own status is checked again. `listed_regular` says
+    the folder listing already showed a plain regular file (no link), which saves one stat.
+    """
+    try:
+        if not listed_regular:
+            reason = _refusal(os.stat(path), path, cap)
+            if reason:
+                return reason
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as error:
+        return f"unreadable file: {error.strerror or error}"
+    try:
+        info = os.fstat(fd)
+        reason = _refusal(info, path, cap)
+        if reason:
+            return reason
+        chunks, total, want = [], 0, info.st_size + 1
+        while total <= cap:
+            chunk = os.read(fd, min(want, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = 1 << 16
+    except OSError as error:
+        return f"unreadable file: {error.strerror or error}"
+    finally:
+        os.close(fd)
+    if total > cap:
+        return f"too large for a patch: more than {cap} bytes (it grew while read)"
+    return b"".join(chunks)
+
+
+def _listing(folder: str, out: dict[str, Any], keep: Any) -> list[os.DirEntry]:
+    """The entries of `folder`; an unreadable one is quarantined (by the one shard that keeps
+    its name) and yields nothing, instead of ending the scan."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        if keep(os.path.basename(folder)):
+            out["quarantine"].append((folder, f"unreadable folder: {error.strerror or error}"))
+        return []
+
+
+def _walk_misplaced(
+    folder: str, why: str, out: dict[str, Any], keep: Any, seen: set[tuple[int, int]]
+) -> None:
+    """Quarantine PNGs found where no patch belongs (nothing is opened); ignore anything else.
+
+    Iterative, and a folder already entered (`seen`, by device and inode) is not entered again,
+    so a link loop or a deep tree ends the walk instead of the scan.
+    """
+    stack = [folder] if _enter(folder, seen) else []
+    while stack:
+        for entry in _listing(stack.pop(), out, keep):
             if _is_litter(entry.name):
                 if keep(entry.name):
                     out["ignored"] += 1
-            elif entry.is_dir():
-                _walk_misplaced(entry.path, why, out, keep)
+            elif _is_dir(entry):
+                if _enter(entry.path, seen):
+                    stack.append(entry.path)
             elif keep(entry.name):
                 out["files"] += 1
                 if entry.name.lower().endswith(".png"):
@@ -190,19 +322,27 @@ def _walk_misplaced(folder: str, why: str, out: dict[str, Any], keep: Any) -> No
 
 
 def _candidates(pid: str, folders: list[str], out: dict[str, Any], keep: Any) -> dict:
-    """File name -> [path, ...] for the well-placed, well-named PNGs of one patient."""
-    names: dict[str, list[str]] = {}
+    """File name -> [(path, listed as a plain regular file), ...] for the well-placed,
+    well-named PNGs of one patient."""
+    names: dict[str, list[tuple[str, bool]]] = {}
+    seen: set[tuple[int, int]] = set()
+    listings = []
     for folder in folders:
-        with os.scandir(folder) as entries:
-            top = sorted(entries, key=lambda e: e.name)
+        _enter(folder, seen)
+        top = sorted(_listing(folder, out, keep), key=lambda e: e.name)
+        listings.append(top)
+        for entry in top:
+            if entry.name in CLASS_FOLDERS and _is_dir(entry):
+                _enter(entry.path, seen)  # so that no walk enters a class folder sideways
+    for top in listings:
         for entry in top:
             if _is_litter(entry.name):
                 if keep(entry.name):
                     out["ignored"] += 1
-            elif entry.is_dir() and entry.name in CLASS_FOLDERS:
-                _class_folder(pid, entry.name, entry.path, names, out, keep)
-            elif entry.is_dir():
-                _walk_misplaced(entry.path, "not inside a class folder 0 or 1", out, keep)
+            elif _is_dir(entry) and entry.name in CLASS_FOLDERS:
+                _class_folder(pid, entry.name, entry.path, names, out, keep, seen)
+            elif _is_dir(entry):
+                _walk_misplaced(entry.path, "not inside a class folder 0 or 1", out, keep, seen)
             elif keep(entry.name):
                 out["files"] += 1
                 if entry.name.lower().endswith(".png"):
@@ -215,36 +355,44 @@ def _candidates(pid: str, folders: list[str], out: dict[str, Any], keep: Any) ->
 
 
 def _class_folder(
-    pid: str, label: str, folder: str, names: dict, out: dict[str, Any], keep: Any
+    pid: str,
+    label: str,
+    folder: str,
+    names: dict,
+    out: dict[str, Any],
+    keep: Any,
+    seen: set[tuple[int, int]],
 ) -> None:
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = entry.name
-            if not keep(name):
-                continue
-            if _is_litter(name):
-                out["ignored"] += 1
-                continue
-            if entry.is_dir():
-                _walk_misplaced(entry.path, "nested below a class folder", out, keep)
-                continue
-            out["files"] += 1
-            if not name.lower().endswith(".png"):
-                out["ignored"] += 1
-                continue
-            match = PATCH_NAME.match(name)
-            if match is None:
-                out["quarantine"].append((entry.path, f"unparsable name: expected {NAME_PATTERN}"))
-            elif match[1] != pid:
-                out["quarantine"].append(
-                    (entry.path, f"patient mismatch: name says {match[1]} but folder is {pid}")
-                )
-            elif match[4] != label:
-                out["quarantine"].append(
-                    (entry.path, f"label mismatch: name says class{match[4]} but folder is {label}")
-                )
-            else:
-                names.setdefault(name, []).append(entry.path)
+    for entry in _listing(folder, out, keep):
+        name = entry.name
+        if _is_dir(entry) and not _is_litter(name):
+            # every shard walks it and keeps its own names, as for the files listed here
+            _walk_misplaced(entry.path, "nested below a class folder", out, keep, seen)
+            continue
+        if not keep(name):
+            continue
+        if _is_litter(name):
+            out["ignored"] += 1
+            continue
+        out["files"] += 1
+        if not name.lower().endswith(".png"):
+            out["ignored"] += 1
+            continue
+        match = PATCH_NAME.match(name)
+        if match is None:
+            out["quarantine"].append((entry.path, f"unparsable name: expected {NAME_PATTERN}"))
+        elif match[1] != pid:
+            out["quarantine"].append(
+                (entry.path, f"patient mismatch: name says {match[1]} but folder is {pid}")
+            )
+        elif match[4] != label:
+            out["quarantine"].append(
+                (entry.path, f"label mismatch: name says class{match[4]} but folder is {label}")
+            )
+        else:
+            # the listing's file type (d_type) costs no stat; links and the rest get one
+            regular = entry.is_file(follow_symlinks=False)
+            names.setdefault(name, []).append((entry.path, regular))
 
 
 def _scan_job(job: tuple[str, list[str], int, int]) -> dict[str, Any]:
@@ -261,12 +409,10 @@ def _scan_job(job: tuple[str, list[str], int, int]) -> dict[str, Any]:
     for name, paths in _candidates(pid, folders, out, keep).items():
         verdicts: dict[str, tuple[int, int] | str] = {}
         kept_path = kept_sha1 = None
-        for path in paths:
-            try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            except OSError as error:
-                out["quarantine"].append((path, f"unreadable file: {error.strerror or error}"))
+        for path, regular in paths:
+            data = read_patch_file(path, listed_regular=regular)
+            if isinstance(data, str):
+                out["quarantine"].append((path, data))
                 continue
             sha1 = hashlib.sha1(data).hexdigest()
             verdict = verdicts.get(sha1)
@@ -448,12 +594,15 @@ def data_fingerprint(data_dir: str | Path) -> str:
 
     An entry that cannot be read (a dangling link, a file that vanished between listing and
     reading, a folder without permission) is hashed as missing rather than failing: the scan
-    itself then quarantines it when it is named like a patch and ignores it otherwise.
+    itself then quarantines it when it is named like a patch and ignores it otherwise. No file
+    is opened, and a folder reached twice (a link loop) is entered once, as in the scan.
     """
     root = _check_data_dir(data_dir)
     digest = hashlib.sha256()
     stack = [str(root)]
     prefix = len(str(root)) + 1
+    seen: set[tuple[int, int]] = set()
+    _enter(root, seen)
     while stack:
         folder = stack.pop()
         try:
@@ -463,8 +612,11 @@ def data_fingerprint(data_dir: str | Path) -> str:
             digest.update(f"{folder[prefix:]}\0unreadable folder\n".encode())
             continue
         for entry in entries:
-            if entry.is_dir():
-                stack.append(entry.path)
+            if _is_dir(entry):
+                if _enter(entry.path, seen):
+                    stack.append(entry.path)
+                else:  # a link loop or a folder reached twice: walked once, named here
+                    digest.update(f"{entry.path[prefix:]}\0folder seen before\n".encode())
                 continue
             try:
                 info = entry.stat()

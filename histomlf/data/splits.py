@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histomlf.errors import UserError
+
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("patient_id", "split")
 CANDIDATES = 64
@@ -31,7 +33,7 @@ TOLERANCE = 0.01
 MAX_SWAPS = 200
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """A split cannot be made, read or applied; the message says why."""
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from histomlf.errors import UserError
+
 # scikit-learn and pandas are imported where used: the metric table above the functions is
 # read by config validation and `--help`, which should not pay for them.
 
@@ -102,7 +104,7 @@ ECE_BINS = 10
 NAN = float("nan")
 
 
-class UnknownMetricError(ValueError):
+class UnknownMetricError(UserError, ValueError):
     """A metric name histomlf does not compute; the message lists the known ones."""
 
 

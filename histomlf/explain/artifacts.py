@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from histomlf.data.patches import decode_patch
+from histomlf.errors import UserError
 from histomlf.explain.averaged import explainer_for
 from histomlf.explain.gradcam import SmoothGrad
 from histomlf.explain.patient_map import REQUIRED_COLUMNS, save_patient_map
@@ -33,7 +34,7 @@ ROOT = Explain.ROOT
 KINDS = Explain.KINDS
 
 
-class ExplainError(ValueError):
+class ExplainError(UserError, ValueError):
     """The predictions cannot be explained (missing columns, no rows, unknown patients)."""
 
 

@@ -5,6 +5,9 @@ A model of `histomlf.models.averaging` averages the probabilities of classifier 
 classifier's Grad-CAM map of its view, moved back onto the patch by the inverse symmetry, weighted
 as the model weighs that call, then scaled to a maximum of 1 like every Grad-CAM map. A plain
 classifier gets the plain `GradCam`. `explainer_for(model)` picks between them.
+
+A calibrated model (Platt scaling as its last layer) is explained through the classifiers it
+calibrates: the map is increasing, so the classifiers' evidence for IDC is the model's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from histomlf.evaluation.calibration import PlattMap
 from histomlf.explain.gradcam import (
     DEFAULT_BATCH,
     GradCam,
@@ -26,6 +30,7 @@ from histomlf.explain.gradcam import (
 from histomlf.models.averaging import (
     BACKBONE_LAYER,
     averaged_branches,
+    calibration_of,
     dihedral_numpy,
     is_classifier,
     undo_dihedral_numpy,
@@ -82,12 +87,16 @@ class AveragedGradCam:
         self._check_branches()
 
     def _check_branches(self) -> None:
-        """The branches, replayed, must give the model's own probabilities."""
+        """The branches, replayed (and calibrated as the model calibrates), must give the
+        model's own probabilities."""
         probe = np.random.default_rng(0).uniform(0, 255, (2, 50, 50, 3)).astype(np.float32)
         replayed = sum(
             weight * _probabilities(classifier, _viewed(probe, views))
             for classifier, views, weight in self.branches
         )
+        calibration = calibration_of(self.model)
+        if calibration is not None:
+            replayed = PlattMap(*calibration)(replayed)
         direct = _probabilities(self.model, probe)
         if not np.allclose(replayed, direct, atol=REPLAY_TOLERANCE):
             raise GradCamError(

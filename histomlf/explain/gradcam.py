@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from histomlf.errors import UserError
 from histomlf.models.backbones import get_backbone
 from histomlf.models.heads import BACKBONE_NAME, INPUT_SIZE
 
@@ -41,7 +42,7 @@ SMOOTHGRAD_SAMPLES = 8
 SMOOTHGRAD_NOISE = 0.1
 
 
-class GradCamError(ValueError):
+class GradCamError(UserError, ValueError):
     """The model cannot be explained as asked (wrong shape, unknown layer, bad patches)."""
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import matplotlib
 
+from histomlf.errors import UserError
+
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
@@ -45,7 +47,7 @@ OUTCOME_COLOURS = ("#d9d9d9", "#e69f00", "#0072b2", "#d55e00")
 TISSUE_PIXELS = 1000
 
 
-class PatientMapError(ValueError):
+class PatientMapError(UserError, ValueError):
     """The predictions cannot make a patient map (missing columns, no rows, bad coordinates)."""
 
 

@@ -1,4 +1,4 @@
-"""Test-time augmentation and ensembles as ONE Keras model that averages classifiers.
+"""Test-time augmentation, ensembles and calibration as ONE Keras model around classifiers.
 
 `with_tta(model, "dihedral8")` wraps a trained classifier in a functional model that calls it
 on the 8 flips/rotations of each patch (`DihedralView` layers) and averages the 8 probabilities
@@ -8,8 +8,13 @@ logged pyfunc, `mlflow models serve`, evaluation and `keras.saving` need nothing
 custom layer, `DihedralView`, is registered here, and the pyfunc's `_register_custom_layers`
 imports this module before loading a model.
 
-`averaged_branches(model)` undoes the wrapping for Grad-CAM: the classifiers inside, with the
-views each one sees and its weight in the average.
+`with_calibration(model, slope, intercept)` appends Platt scaling (`PlattScaling`, an affine
+map of the logit: `histomlf.evaluation.calibration`) as the model's last layer, so whatever
+reads the model's output — serving, heatmaps, the web page — reads calibrated P(IDC).
+
+`averaged_branches(model)` undoes the wrapping for Grad-CAM (calibration included: Grad-CAM
+explains the classifiers' own logits, which the increasing map does not reorder): the
+classifiers inside, with the views each one sees and its weight in the average.
 
 Fold ensembles: a member trained on patient fold k has seen fold k's train (and validation)
 patients, so an ensemble of fold models may only be scored on patients none of its members
@@ -26,7 +31,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-TTA_MODES = ("none", "dihedral8")
+from histomlf.choices import TTA_CHOICES as TTA_MODES
+
+# Probabilities are clipped this far from 0 and 1 before the logit (as in evaluation/calibration).
+_LOGIT_EPS = 1e-7
 DIHEDRAL_CODES = tuple(range(8))
 BACKBONE_LAYER = "backbone"
 
@@ -130,6 +138,52 @@ def average_members(members: Sequence[keras.Model], name: str = "ensemble") -> k
     return keras.Model(inputs, outputs, name=name)
 
 
+@keras.saving.register_keras_serializable(package="histomlf")
+class PlattScaling(layers.Layer):
+    """`p -> sigmoid(slope * logit(p) + intercept)` on a [B, 1] probability batch.
+
+    The parameters are constants of the layer's config (fitted once on held-out predictions,
+    never trained), so the saved model carries them and `get_config` shows them.
+    """
+
+    def __init__(self, slope: float = 1.0, intercept: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not (np.isfinite(slope) and np.isfinite(intercept)) or slope <= 0:
+            raise ValueError(f"PlattScaling needs a finite slope > 0; got {slope!r}, {intercept!r}")
+        self.slope = float(slope)
+        self.intercept = float(intercept)
+
+    def call(self, inputs: Any) -> Any:
+        p = ops.clip(ops.cast(inputs, "float32"), _LOGIT_EPS, 1.0 - _LOGIT_EPS)
+        logits = ops.log(p) - ops.log1p(-p)
+        return ops.sigmoid(self.slope * logits + self.intercept)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "slope": self.slope, "intercept": self.intercept}
+
+
+def with_calibration(model: keras.Model, slope: float, intercept: float) -> keras.Model:
+    """`model` followed by `PlattScaling(slope, intercept)`, named `<model.name>_calibrated`.
+
+    Shares `model`'s weights. A model that is already calibrated is refused (map the new fit
+    onto its uncalibrated core instead of stacking maps).
+    """
+    if calibration_of(model) is not None:
+        raise ValueError(f"model {model.name!r} is already calibrated")
+    inputs = keras.Input(model.input_shape[1:], dtype="float32", name="image")
+    outputs = PlattScaling(slope, intercept, name="platt", dtype="float32")(model(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_calibrated")
+
+
+def calibration_of(model: Any) -> tuple[float, float] | None:
+    """`(slope, intercept)` of a model built by `with_calibration`, else None."""
+    found = [layer for layer in getattr(model, "layers", ()) if isinstance(layer, PlattScaling)]
+    return (found[0].slope, found[0].intercept) if found else None
+
+
 def is_classifier(model: Any) -> bool:
     """A plain histomlf classifier: a model with a nested `backbone` model."""
     try:
@@ -147,8 +201,10 @@ def averaged_branches(model: keras.Model) -> list[tuple[keras.Model, tuple[int, 
     """
     if is_classifier(model):
         return [(model, (), 1.0)]
-    views = [layer.code for layer in model.layers if isinstance(layer, DihedralView)]
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if calibration_of(model) is not None and len(nested) == 1:
+        return averaged_branches(nested[0])
+    views = [layer.code for layer in model.layers if isinstance(layer, DihedralView)]
     averages = [layer for layer in model.layers if isinstance(layer, layers.Average)]
     if len(averages) != 1 or not nested or (views and len(nested) != 1):
         raise ValueError(

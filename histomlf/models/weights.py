@@ -17,12 +17,13 @@ from pathlib import Path
 
 import keras
 
+from histomlf.errors import UserError
 from histomlf.models.backbones import BACKBONES, ImagenetWeights, imagenet_backbones
 
 DOWNLOAD_TIMEOUT_S = 10.0
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights were asked for but cannot be found or downloaded."""
 
 

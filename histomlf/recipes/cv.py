@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histomlf.config import TrainConfig
+from histomlf.config import ConfigError, TrainConfig, check_data_location
 from histomlf.evaluation.metrics import BRIEF, METRIC_NAMES, headline_keys
 from histomlf.paths import cache_root
 from histomlf.recipes import notes
@@ -44,6 +44,9 @@ def cross_validate(
     only_folds: tuple[int, ...] = (),
     *,
     log_models: bool = False,
+    final: str = "none",
+    calibrate: str = "platt",
+    register_as: str = "",
 ) -> dict[str, Any]:
     """Train `config` on each of `folds` patient folds, each fold in its own nested run.
 
@@ -53,16 +56,23 @@ def cross_validate(
     model's scores belong to its own fold's test patients only.
     Returns `{"run_id", "summary", "folds"}`: the parent run, mean/sd per metric, and one row
     per fold (run id, seconds, headline test metrics).
+
+    `final="ensemble"` then makes the fold models one calibrated ensemble with out-of-fold
+    scores (`histomlf.recipes.cv_final`), registered under `register_as` when given; the
+    result gains `"final"`.
     """
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
-    from histomlf.recipes.train import model_metadata
+    from histomlf.recipes.cv_final import FoldOutcome, check_final, log_final
+    from histomlf.recipes.train import demo_named, model_metadata
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
+    check_final(final, calibrate, folds, only_folds)
     chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
     if not all(1 <= fold <= folds for fold in chosen):
-        raise ValueError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
+        raise ConfigError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
+    check_data_location(config.data_dir)
     partial = len(chosen) < folds
     name = f"cv{folds}-{config.model}-{config.experiment}"
     if partial:
@@ -72,6 +82,8 @@ def cross_validate(
             "folds": folds,
             "only_folds": ",".join(map(str, chosen)) if partial else "",
             "log_models": log_models,
+            "final": final,
+            "calibrate": calibrate if final != "none" else "none",
         }
         runs.log_config(config, extra=extra)
         runs.log_resolved_params(extra)
@@ -82,7 +94,8 @@ def cross_validate(
         fold_splits = patient_kfold(
             manifest, folds, seed=config.seed, val_fraction=config.val_fraction
         )
-        fold_metrics, rows = [], []
+        fold_metrics, rows, outcomes = [], [], []
+        data = None
         for index, split in enumerate(fold_splits):
             if index + 1 not in chosen:
                 continue
@@ -109,6 +122,16 @@ def cross_validate(
                         threshold=outcome.evaluation.threshold,
                         metadata=model_metadata(config, data),
                     )
+                if final != "none":
+                    outcomes.append(
+                        FoldOutcome(
+                            index=index,
+                            run_id=child.info.run_id,
+                            model=outcome.model,
+                            test=outcome.evaluation.splits["test"],
+                            epochs=len(outcome.fit.history.get("loss", [])),
+                        )
+                    )
                 metrics = outcome.metrics()
                 fold_metrics.append(metrics)
                 rows.append(
@@ -122,5 +145,16 @@ def cross_validate(
         summary = summarise_folds(fold_metrics)
         runs.log_metrics(summary)
         runs.log_table(pd.DataFrame(rows), Artifact.CV_FOLDS)
+        result = {"run_id": parent.info.run_id, "summary": summary, "folds": rows}
+        if final != "none":
+            result["final"] = log_final(
+                config,
+                outcomes,
+                data_digest=data.data_digest,
+                metadata=model_metadata(config, data),
+                calibrate=calibrate,
+                register_as=demo_named(register_as, data) if register_as else "",
+                fold_summary=summary,
+            )
         runs.set_note(notes.cv_note(config, folds, summary))
-        return {"run_id": parent.info.run_id, "summary": summary, "folds": rows}
+        return result

@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from histomlf.data.scan import manifest_for
+from histomlf.errors import UserError
 from histomlf.recipes.explain import explain_run
-from histomlf.schema import Artifact, RunKind, Tag
+from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.scoring import (
     keras_model_of,
@@ -38,8 +39,22 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
     assigned = apply_split(manifest, load_split(split_file))
     rows = assigned[assigned["split"] == split].reset_index(drop=True)
     if rows.empty:
-        raise ValueError(f"no rows of the {split} split in this data (is it the same dataset?)")
+        raise UserError(f"no rows of the {split} split in this data (is it the same dataset?)")
     return rows
+
+
+def refuse_fold_ensemble_split(model_uri: str, split: str) -> None:
+    """A CV-final ensemble has no unseen split of its own: among its members, every patient of
+    its cross-validation was trained on. Only `all` (a folder of other patients) is honest."""
+    from histomlf.tracking.scoring import logged_model_metadata
+
+    final = logged_model_metadata(model_uri).get(ModelMeta.FINAL) if split != "all" else None
+    if final == ModelMeta.CV_ENSEMBLE:
+        raise UserError(
+            f"{model_uri} is a cross-validation ensemble: its members together trained on every "
+            f"patient of its folds, so it has no unseen {split} split; its honest scores are the "
+            "logged oof_* metrics, or use --split all on patients none of its folds saw"
+        )
 
 
 def evaluate(
@@ -55,14 +70,15 @@ def evaluate(
     from histomlf.evaluation.scored import evaluate_splits, score_split
 
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        raise UserError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    refuse_fold_ensemble_split(model_uri, split)
     manifest, digest, source = manifest_for(data)
     with runs.active_run(run_name=f"evaluate-{split}") as run, tempfile.TemporaryDirectory() as tmp:
         split_file = split_file or (
             source_run_split(model_uri, Path(tmp)) if split != "all" else None
         )
         if split != "all" and split_file is None:
-            raise ValueError(
+            raise UserError(
                 f"no split file given and {model_uri} has no logged {Artifact.SPLIT}; "
                 "pass --split-file or --split all"
             )
@@ -92,11 +108,12 @@ def evaluate(
 
 
 def predict(model_uri: str, data: str, out: Path, *, batch_size: int = 256) -> tuple[Path, Path]:
-    """Write one row per patch and a per-patient summary beside it; logs nothing."""
+    """Write one row per patch and a per-patient summary beside it; logs nothing.
+
+    The model is loaded first: an unknown model fails before the data is scanned."""
+    model = load_model(model_uri)
     manifest, _, _ = manifest_for(data)
-    predictions = predict_rows(
-        load_model(model_uri), manifest, batch_size=batch_size, progress=True
-    )
+    predictions = predict_rows(model, manifest, batch_size=batch_size, progress=True)
     table = manifest[["path", "patient_id", "x", "y"]].reset_index(drop=True).join(predictions)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig
+from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig, check_data_location
+from histomlf.data.patches import patch_scale
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.recipes import notes
@@ -32,7 +33,11 @@ def registered_name(config: TrainConfig, data: Any) -> str:
     The gate never promotes across data digests, so a champion trained on synthetic patches
     under the real name would hold `@champion` against the user's first real model.
     """
-    name = config.register_as
+    return demo_named(config.register_as, data)
+
+
+def demo_named(name: str, data: Any) -> str:
+    """`name`, or `<name>-demo` when `data` is synthetic (see `registered_name`)."""
     if data.data_source == "synthetic" and not name.endswith(DEMO_SUFFIX):
         name += DEMO_SUFFIX
     return name
@@ -48,21 +53,19 @@ def train_run_name(config: TrainConfig) -> str:
         source = "s3-" + data_dir[5:].split("/")[0]
     else:
         source = Path(data_dir).expanduser().resolve().name or "data"
-    digest = hashlib.sha256(
-        json.dumps(config.as_params(), sort_keys=True, default=str).encode()
-    ).hexdigest()[:6]
-    return f"{config.model}-{weights}-{source}-{digest}"
+    return f"{config.model}-{weights}-{source}-{config.recipe_digest()}"
 
 
 def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
-    """The fit's work folder, named by what defines the run: config, data and split digests.
+    """The fit's work folder, named by what is trained: the recipe, data and split digests.
 
     After a crash, rerunning the same command finds the same folder and Keras'
-    `BackupAndRestore` resumes from the last finished epoch; a finished fit empties it, so the
-    next identical run starts fresh.
+    `BackupAndRestore` resumes from the last finished epoch — also when only a run option
+    changed (`--register-as`, `--explain`, `--devices`, the data's path or the experiment
+    file's name); a finished fit empties it, so the next identical run starts fresh.
     """
     identity = json.dumps(
-        {**config.as_params(), "data": data.data_digest, "split": data.split_digest},
+        {**config.recipe_params(), "data": data.data_digest, "split": data.split_digest},
         sort_keys=True,
         default=str,
     )
@@ -75,6 +78,7 @@ def model_metadata(config: TrainConfig, data: Any) -> dict[str, str]:
         ModelMeta.MODEL: config.model,
         ModelMeta.DATA_DIGEST: data.data_digest,
         ModelMeta.SPLIT_DIGEST: data.split_digest,
+        **patch_scale(config.patch_mpp),
     }
 
 
@@ -83,6 +87,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
 
     Returns `{"run_id", "model_uri", "metrics"}` and, with `config.register_as`, `"gate"`.
     """
+    check_data_location(config.data_dir)  # before a run opens: no FAILED run for a typo
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, train_and_score
 
@@ -90,6 +95,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         run_id = run.info.run_id
         runs.log_config(config)
         runs.log_environment()
+        runs.log_resolved_params(patch_scale(config.patch_mpp))
         runs.set_tags({Tag.KIND: RunKind.TRAIN.value})
         if config.experiment == DEMO_EXPERIMENT:
             runs.set_tags({Tag.DEMO: "true"})
@@ -158,10 +164,12 @@ def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, ru
         registered_name(config, data),
         gate_metric=metric,
         new_score=float(evaluation.splits["test"].metrics[metric]),
-        digests={"data_digest": data.data_digest, "split_digest": data.split_digest},
+        digests={ModelMeta.DATA_DIGEST: data.data_digest,
+                 ModelMeta.SPLIT_DIGEST: data.split_digest},
         tags={
-            "model": config.model,
-            "experiment": config.experiment,
+            ModelMeta.MODEL: config.model,
+            ModelMeta.EXPERIMENT: config.experiment,
+            **patch_scale(config.patch_mpp),
             **{k: str(v) for k, v in git_state().items()},
         },
         score_champion=score_champion,

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from histomlf.config import check_data_location
 from histomlf.paths import cache_root
 from histomlf.recipes import notes
 from histomlf.recipes.explain import explain_run
@@ -48,9 +49,21 @@ def load_spec(parent_run_id: str, root: Path) -> SearchSpec:
     return search.load_spec_artifact(parent_run_id)
 
 
-def resumed_spec(parent_run_id: str, root: Path, overrides: dict[str, Any]) -> SearchSpec:
-    """The saved spec of `parent_run_id`, with the few settings a resume may change."""
+def resumed_spec(
+    parent_run_id: str,
+    root: Path,
+    overrides: dict[str, Any],
+    *,
+    run_options: dict[str, Any] | None = None,
+) -> SearchSpec:
+    """The saved spec of `parent_run_id`, with the few settings a resume may change.
+
+    `run_options` (`data_dir`, `register_as`, `explain`, ...: how this run is run, not what is
+    searched) apply to the resumed run; the parent's params keep the values it started with.
+    """
     spec = load_spec(parent_run_id, root)
+    if run_options:
+        spec = SearchSpec(spec.config.replace(**run_options), spec.settings)
     changed = sorted(k for k in overrides if k not in RESUMABLE_SETTINGS)
     if changed:
         raise SearchError(
@@ -90,6 +103,7 @@ def tune(
     """Run (or resume) a search in the parent run and log its outcome; see the module doc."""
     from histomlf.training.workflow import prepare_data
 
+    check_data_location(spec.config.data_dir)  # before the parent run opens
     root = tuner_root(tuner_dir)
     name = f"tune-{spec.settings.tuner}-{Path(spec.config.experiment).stem}"
     with search.open_parent(name, resume) as (run, resumed):
@@ -107,6 +121,11 @@ def tune(
         data = prepare_data(spec.config)
         if not resumed:
             artifacts.log_data(data)
+        elif run.data.tags.get(Tag.SPLIT_DIGEST, data.split_digest) != data.split_digest:
+            raise SearchError(
+                f"this data's patient split ({data.split_digest}) differs from the search's "
+                f"({run.data.tags[Tag.SPLIT_DIGEST]}): resume on the same data"
+            )
         search_run = SearchRun(
             parent_id,
             run.info.experiment_id,

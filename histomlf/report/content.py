@@ -324,7 +324,10 @@ def search(study: Study, run: RunRecord) -> dict[str, Any]:
 
 def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
     """A CV parent: per-fold rows (from the fold runs) and the mean ± sd chart."""
-    folds = sorted(study.children(run.run_id), key=lambda r: int(r.tags.get(Tag.FOLD, 0)))
+    children = study.children(run.run_id)
+    folds = sorted((c for c in children if c.kind == RunKind.CV_FOLD),
+                   key=lambda r: int(r.tags.get(Tag.FOLD, 0)))
+    final = next((c for c in children if c.kind == RunKind.CV_FINAL), None)
     names = [name for name, _ in TABLE_METRICS]
     means = [run.metrics.get(f"test_{n}_mean") for n in names]
     sds = [run.metrics.get(f"test_{n}_sd", 0.0) for n in names]
@@ -335,7 +338,7 @@ def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
             [m if m is not None else 0.0 for m in means],
             [s if s is not None and not math.isnan(s) else 0.0 for s in sds],
             f"{run.name}: {len(folds)} folds"))
-    return {"run": run, "folds": folds, "chart": chart}
+    return {"run": run, "folds": folds, "chart": chart, "final": final}
 
 
 # ---- explanations -------------------------------------------------------------------------
@@ -397,5 +400,6 @@ def others(study: Study) -> list[RunRecord]:
         r for r in study.runs
         if r.finished
         and r.kind not in ROW_KINDS
-        and not (r.kind in (RunKind.TUNE_TRIAL, RunKind.CV_FOLD) and r.parent_id in ids)
+        and not (r.kind in (RunKind.TUNE_TRIAL, RunKind.CV_FOLD, RunKind.CV_FINAL)
+                 and r.parent_id in ids)
     ]

@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import shlex
 
-from histomlf.config import TrainConfig
+from histomlf.config import verb_fields
 from histomlf.report.model import RunRecord
 from histomlf.schema import RunKind, Tag
 from histomlf.tuning.settings import SearchSettings
 
-TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
 SEARCH_KEYS = tuple(
     f.name for f in dataclasses.fields(SearchSettings) if f.name not in ("space", "extra")
 )
@@ -26,7 +25,8 @@ FIRST = ("experiment", "data_dir")
 
 def settings(run: RunRecord) -> dict[str, str]:
     """The settings a rerun needs, in command order; empty values are left out (unset)."""
-    keys = [*FIRST, *(k for k in TRAIN_KEYS if k not in FIRST)]
+    verb = ENTRY_POINTS.get(run.kind, "train")
+    keys = [*FIRST, *(k for k in verb_fields(verb) if k not in FIRST)]
     if run.kind == RunKind.TUNE:
         keys += SEARCH_KEYS
     if run.kind == RunKind.CV:

@@ -11,7 +11,16 @@ Both pad border patches exactly as training does (`histomlf.data.patches.pad_to_
 the bottom/right). Every check that can run without decoding pixels runs first, cheapest first:
 the string's length, the base64 alphabet, the magic bytes, then the size the image header
 declares (a decompression bomb is refused from its header). Each refusal is an
-`InvalidPatchInput` naming the row and the reason, so a client can fix the one bad row.
+`InvalidPatchInput` naming the row and the reason, so a client can fix the one bad row: whatever
+the decoder raises, of any type, becomes one.
+
+Importing this module lowers Pillow's PNG text-chunk limits (`PngImagePlugin.MAX_TEXT_CHUNK`,
+`MAX_TEXT_MEMORY`) to `PNG_TEXT_CHUNK_BYTES` / `PNG_TEXT_MEMORY_BYTES`. They are process-wide
+globals that Pillow reads at decode time, so they cannot be scoped to one call without racing
+the threads that decode uploads; with Pillow's defaults (1 MB per chunk, 64 MB in all) a 74 KB
+"patch" carrying 70 compressed text chunks costs 0.19 s of CPU before it is refused. The new
+values still hold any real metadata (ICC profiles, which share the per-chunk cap, are far
+smaller), and a limit someone set lower before is kept.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from histomlf.data.patches import (
     CHANNELS,
@@ -40,6 +49,12 @@ DEFAULT_MAX_PIXELS = PATCH_SIZE * PATCH_SIZE
 # A 50x50 PNG is ~7.5 KB raw; leave room for metadata chunks (ICC profiles, EXIF).
 DEFAULT_MAX_BYTES = 256 * 1024
 DEFAULT_MAX_IMAGES = 1024
+
+# Decompressed bytes of one PNG text/ICC chunk, and of all text chunks of one image.
+PNG_TEXT_CHUNK_BYTES = 256 * 1024
+PNG_TEXT_MEMORY_BYTES = 1024 * 1024
+PngImagePlugin.MAX_TEXT_CHUNK = min(PngImagePlugin.MAX_TEXT_CHUNK, PNG_TEXT_CHUNK_BYTES)
+PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_MEMORY_BYTES)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -167,6 +182,8 @@ def _decode_bytes(data: bytes, *, max_bytes: int, max_pixels: int, refuse: Any) 
         return decode_patch(data, max_pixels=max_pixels)
     except PatchDecodeError as error:
         raise refuse(str(error)) from error
+    except Exception as error:  # noqa: BLE001 - untrusted bytes: any decoder failure is a refusal
+        raise refuse(f"not a readable image: {type(error).__name__}: {error}") from error
 
 
 def _check_declared_size(data: bytes, max_pixels: int, refuse: Any) -> None:
@@ -181,8 +198,8 @@ def _check_declared_size(data: bytes, max_pixels: int, refuse: Any) -> None:
                     width, height = image.size
         except Image.DecompressionBombError as error:
             raise refuse(f"decompression bomb: {error}") from error
-        except (OSError, SyntaxError, ValueError) as error:
-            raise refuse(f"not a readable image: {error}") from error
+        except Exception as error:  # noqa: BLE001 - untrusted bytes: any failure is a refusal
+            raise refuse(f"not a readable image: {type(error).__name__}: {error}") from error
     _check_size(width, height, max_pixels, refuse)
 
 

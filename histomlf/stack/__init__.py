@@ -7,6 +7,7 @@ three work from any process. State, secrets and logs live under `HISTOMLF_SERVER
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from histomlf.stack.settings import (
     admin_password,
     ensure_secrets,
     load_settings,
+    private_dir,
     saved_settings,
 )
 
@@ -62,8 +64,11 @@ def start_stack(
     """
     settings = settings or load_settings()
     password = password if password is not None else admin_password()
-    settings.server_dir.mkdir(parents=True, exist_ok=True)
-    settings.server_dir.chmod(0o711)
+    # Owner only; when root runs PostgreSQL as `postgres`, that user must pass through (x only).
+    top = 0o711 if os.geteuid() == 0 and settings.local_postgres else 0o700
+    private_dir(settings.server_dir, top)
+    for folder in (settings.secrets_dir, settings.logs_dir, settings.run_dir):
+        private_dir(folder)
     secrets = ensure_secrets(settings)
     settings.save()
     try:
@@ -85,7 +90,7 @@ def stop_stack(settings: StackSettings | None = None, *, grace: float = 10.0) ->
     for stop in (
         lambda: mlflow_server.stop(settings, grace=grace),
         lambda: seaweed.stop(settings, grace=grace),
-        lambda: postgres.stop(settings) if settings.local_postgres else None,
+        lambda: postgres.stop(settings, grace=grace) if settings.local_postgres else None,
     ):
         try:
             stop()

@@ -13,18 +13,24 @@ import sys
 from pathlib import Path
 
 from histomlf.stack import postgres, processes
-from histomlf.stack.processes import StackError
+from histomlf.stack.processes import Service, StackError
 from histomlf.stack.settings import StackSecrets, StackSettings, write_private
 
-MARKER = "mlflow"
+# Server settings of the caller's that reach the server (e.g. MLFLOW_SERVER_ALLOWED_HOSTS).
+PASSED_THROUGH = ("MLFLOW_SERVER_", "MLFLOW_GUNICORN_", "MLFLOW_UVICORN_")
+
+
+def service(settings: StackSettings) -> Service:
+    return Service("the MLflow server", settings.run_dir / "mlflow.pid",
+                   settings.logs_dir / "mlflow.log", marker="mlflow")
 
 
 def pid_path(settings: StackSettings) -> Path:
-    return settings.run_dir / "mlflow.pid"
+    return service(settings).pid_path
 
 
 def log_path(settings: StackSettings) -> Path:
-    return settings.logs_dir / "mlflow.log"
+    return service(settings).log_path
 
 
 def auth_config_path(settings: StackSettings) -> Path:
@@ -42,17 +48,21 @@ def auth_database_uri(settings: StackSettings) -> str:
 
 
 def write_auth_config(settings: StackSettings) -> None:
-    """The basic-auth config: users in PostgreSQL, nobody sees anything unless granted."""
-    text = (
-        "[mlflow]\n"
-        "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = {auth_database_uri(settings)}\n"
-        f"admin_username = {settings.admin_username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "grant_default_workspace_access = false\n"
-        f"auth_cache_ttl_seconds = {settings.auth_cache_ttl_seconds}\n"
-    )
-    write_private(auth_config_path(settings), text)
+    """The basic-auth config: users in PostgreSQL, nobody sees anything unless granted.
+
+    MLflow reads it with configparser's interpolation, so every `%` (a percent-encoded
+    password in a database URI: `p%40ss`) is written as `%%`.
+    """
+    values = {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": auth_database_uri(settings),
+        "admin_username": settings.admin_username,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "grant_default_workspace_access": "false",
+        "auth_cache_ttl_seconds": str(settings.auth_cache_ttl_seconds),
+    }
+    lines = [f"{key} = {value.replace('%', '%%')}" for key, value in values.items()]
+    write_private(auth_config_path(settings), "[mlflow]\n" + "\n".join(lines) + "\n")
 
 
 def command(settings: StackSettings) -> list[str]:
@@ -64,11 +74,11 @@ def command(settings: StackSettings) -> list[str]:
 
 
 def environment(settings: StackSettings, secrets: StackSecrets, admin_password: str) -> dict:
-    """The server's environment: ours minus client-side MLflow settings, plus its secrets."""
-    dropped = ("MLFLOW_TRACKING_", "MLFLOW_RUN_", "MLFLOW_EXPERIMENT_", "AWS_")
-    if settings.local_postgres:
-        dropped += ("PG",)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    """The server's whole environment: the base variables, the caller's MLflow *server*
+    settings (and `PG*` ones for an external database), and its own settings and secrets."""
+    passed = PASSED_THROUGH if settings.local_postgres else (*PASSED_THROUGH, "PG")
+    env = processes.base_environment()
+    env.update({k: v for k, v in os.environ.items() if k.startswith(passed)})
     env.update({
         "MLFLOW_BACKEND_STORE_URI": backend_uri(settings),
         "MLFLOW_ARTIFACTS_DESTINATION": settings.artifacts_destination,
@@ -107,9 +117,9 @@ def start(
             f"port {settings.mlflow_port} is already in use (set HISTOMLF_MLFLOW_PORT)"
         )
     write_auth_config(settings)
-    proc = processes.spawn(
-        command(settings), log_path=log_path(settings), pid_path=pid_path(settings),
-        env=environment(settings, secrets, admin_password), cwd=settings.server_dir,
+    proc = service(settings).start(
+        command(settings), env=environment(settings, secrets, admin_password),
+        cwd=settings.server_dir,
     )
     processes.wait_until(
         lambda: healthy(settings), what="the MLflow server", timeout=timeout, proc=proc,
@@ -118,13 +128,13 @@ def start(
 
 
 def pid(settings: StackSettings) -> int | None:
-    return processes.read_pid(pid_path(settings), MARKER)
+    return service(settings).pid()
 
 
 def running(settings: StackSettings) -> bool:
-    return pid(settings) is not None
+    return service(settings).running()
 
 
 def stop(settings: StackSettings, *, grace: float = 10.0) -> None:
     """TERM the server's process group (KILL after `grace` s)."""
-    processes.stop_recorded(pid_path(settings), MARKER, grace=grace)
+    service(settings).stop(grace=grace)

@@ -1,11 +1,13 @@
-"""The stack's own PostgreSQL: initdb into `<server dir>/postgres`, start/stop with pg_ctl.
+"""The stack's own PostgreSQL: initdb into `<server dir>/postgres`, the postmaster a `Service`.
 
 PostgreSQL refuses to run as root, so when we are root its files belong to the `postgres`
-user and its commands run through `runuser`. Superuser access is only through a Unix socket
-in a 0700 folder (trust, local only); TCP logins need SCRAM passwords. MLflow connects as the
-`mlflow` role whose password lives in a 0600 pgpass file (`PGPASSFILE`), so no password
-appears in a URI, a command line or a log; the role is created from a SCRAM hash, so the
-clear password never reaches the server either.
+user, initdb runs through `runuser` and the postmaster is started as that user. It gets only
+the base environment (no admin password, no S3 keys) and stops with SIGINT (fast shutdown:
+abort sessions, checkpoint), KILL after the grace period. Superuser access is only through a
+Unix socket in a 0700 folder (trust, local only); TCP logins need SCRAM passwords. MLflow
+connects as the `mlflow` role whose password lives in a 0600 pgpass file (`PGPASSFILE`), so no
+password appears in a URI, a command line or a log; the role is created from a SCRAM hash, so
+the clear password never reaches the server either.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
-from histomlf.stack.processes import StackError, run_checked, wait_until
+from histomlf.stack.processes import (
+    Service,
+    StackError,
+    base_environment,
+    is_alive,
+    run_checked,
+    wait_until,
+)
 from histomlf.stack.settings import StackSettings, write_private
 
 PG_BIN = Path(os.environ.get("HISTOMLF_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -40,6 +50,11 @@ def socket_dir(settings: StackSettings) -> Path:
 
 def log_path(settings: StackSettings) -> Path:
     return pg_dir(settings) / "postgres.log"
+
+
+def service(settings: StackSettings) -> Service:
+    return Service("PostgreSQL", settings.run_dir / "postgres.pid", log_path(settings),
+                   marker="postgres", stop_signal=signal.SIGINT)
 
 
 def pgpass_path(settings: StackSettings) -> Path:
@@ -109,59 +124,62 @@ def init(settings: StackSettings) -> None:
         ]),
         what="initdb",
         timeout=120,
+        env=base_environment(),
     )
 
 
 def running(settings: StackSettings) -> bool:
-    """Whether the stack's PostgreSQL answers (pg_ctl status on its data dir)."""
-    if not initialized(settings):
-        return False
-    done = subprocess.run(
-        _as_pg_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data_dir(settings))]),
-        capture_output=True, timeout=20, check=False,
-    )
-    return done.returncode == 0
+    """Whether the stack's postmaster (the one recorded at start) runs."""
+    return service(settings).running()
 
 
 def pid(settings: StackSettings) -> int | None:
-    """The postmaster's pid from postmaster.pid, when it runs."""
-    try:
-        return int((data_dir(settings) / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    """The postmaster's pid, when it runs."""
+    return service(settings).pid()
 
 
-def start(settings: StackSettings, password: str) -> None:
+def command(settings: StackSettings) -> list[str]:
+    return [
+        str(PG_BIN / "postgres"), "-D", str(data_dir(settings)), "-p", str(settings.pg_port),
+        "-k", str(socket_dir(settings)), "-c", "unix_socket_permissions=0700",
+        "-c", "listen_addresses=127.0.0.1",
+        "-c", "max_connections=60", "-c", "shared_buffers=32MB",
+    ]
+
+
+def start(settings: StackSettings, password: str, *, timeout: float = 60) -> None:
     """Start PostgreSQL on 127.0.0.1:`pg_port` and make sure the role and both DBs exist."""
     init(settings)
     if not running(settings):
-        opts = (
-            f"-p {settings.pg_port} -k {socket_dir(settings)} -c listen_addresses=127.0.0.1 "
-            "-c max_connections=60 -c shared_buffers=32MB"
+        _refuse_unrecorded_postmaster(settings)
+        as_root = os.geteuid() == 0
+        home = pwd.getpwnam(SUPERUSER).pw_dir if as_root else os.environ.get("HOME", "/")
+        proc = service(settings).start(
+            command(settings), env=base_environment(HOME=home), cwd=data_dir(settings),
+            user=SUPERUSER if as_root else None,
         )
-        run_checked(
-            _as_pg_user([
-                str(PG_BIN / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data_dir(settings)),
-                "-l", str(log_path(settings)), "-o", opts,
-            ]),
-            what="starting PostgreSQL",
-            timeout=90,
-        )
-    wait_until(lambda: _connect(settings).close() is None, what="PostgreSQL", timeout=30,
-               log_path=log_path(settings))
+        wait_until(lambda: _connect(settings).close() is None, what="PostgreSQL",
+                   timeout=timeout, proc=proc, log_path=log_path(settings))
     _provision(settings, password)
     write_private(pgpass_path(settings), f"127.0.0.1:*:*:{ROLE}:{password}\n")
 
 
-def stop(settings: StackSettings) -> None:
-    """Fast shutdown (abort sessions, checkpoint); immediate shutdown if that hangs."""
-    if not running(settings):
-        return
-    cmd = [str(PG_BIN / "pg_ctl"), "stop", "-D", str(data_dir(settings)), "-w", "-t", "10"]
+def _refuse_unrecorded_postmaster(settings: StackSettings) -> None:
+    """A postmaster on our data dir that we did not record (e.g. started by `pg_ctl`)."""
     try:
-        run_checked(_as_pg_user([*cmd, "-m", "fast"]), what="stopping PostgreSQL", timeout=20)
-    except StackError:
-        run_checked(_as_pg_user([*cmd, "-m", "immediate"]), what="stopping PostgreSQL", timeout=20)
+        other = int((data_dir(settings) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if is_alive(other):
+        raise StackError(
+            f"a PostgreSQL (pid {other}) that this stack did not start runs on "
+            f"{data_dir(settings)}: stop it with `pg_ctl stop -D {data_dir(settings)}`"
+        )
+
+
+def stop(settings: StackSettings, *, grace: float = 10.0) -> None:
+    """Fast shutdown (SIGINT: abort sessions, checkpoint); KILL after `grace` s."""
+    service(settings).stop(grace=grace)
 
 
 def _connect(settings: StackSettings, dbname: str = "postgres"):

@@ -1,8 +1,10 @@
 """Start, watch and stop the stack's long-running processes.
 
-Every service runs in its own session (process group) with its output appended to a log file
-and its pid in a pid file, so `histomlf server stop|status` works from any other process and a
-stop takes the whole group down (uvicorn workers included), escalating TERM to KILL.
+One `Service` per process: it runs in its own session (process group) under umask 077 with
+only the environment it is given, its output appended to a 0600 log file and its pid plus its
+start time in a 0600 pid file, so `histomlf server stop|status` works from any other process, a
+stop takes the whole group down (uvicorn workers included) escalating TERM to KILL, and a pid
+that the kernel has since given to another process is never signalled.
 """
 
 from __future__ import annotations
@@ -13,54 +15,106 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from histomlf.stack.settings import private_dir, write_private
+
+CHILD_UMASK = 0o077
+# What every child may inherit from the caller; anything else it needs is passed explicitly.
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 class StackError(RuntimeError):
     """A stack component failed to start, stop or answer; the message is one line."""
 
 
-def spawn(
-    cmd: Sequence[str],
-    *,
-    log_path: Path,
-    pid_path: Path,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.Popen:
-    """Start `cmd` detached in a new session, output appended to `log_path`, pid to `pid_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    pid_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    pid_path.write_text(f"{proc.pid}\n")
-    return proc
+def base_environment(**extra: str) -> dict[str, str]:
+    """The caller's `BASE_ENV` variables (those set) plus `extra`: a child's whole environment."""
+    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(extra)
+    return env
 
 
-def read_pid(pid_path: Path, marker: str | None = None) -> int | None:
-    """The pid in `pid_path` if that process is alive (and its command line holds `marker`)."""
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks after boot); None if gone."""
     try:
-        pid = int(pid_path.read_text().split()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-    if not is_alive(pid):
-        return None
-    if marker is not None:
+
+
+@dataclass(frozen=True)
+class Service:
+    """One long-running process of the stack, known by its pid file.
+
+    The pid file holds `<pid> <start time>`; the process counts as ours only while a process
+    with that pid *and* that start time runs (and, given a `marker`, its command line holds
+    it). `stop_signal` is the polite first signal (PostgreSQL's fast shutdown is SIGINT).
+    """
+
+    name: str
+    pid_path: Path
+    log_path: Path
+    marker: str | None = None
+    stop_signal: int = signal.SIGTERM
+
+    def start(
+        self,
+        cmd: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> subprocess.Popen:
+        """Start `cmd` detached in a new session with exactly `env`, as `user` if given."""
+        private_dir(self.log_path.parent)
+        private_dir(self.pid_path.parent)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.chmod(self.log_path, 0o600)
+        with os.fdopen(fd, "ab") as log:
+            proc = subprocess.Popen(
+                list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=dict(env), cwd=cwd, start_new_session=True, umask=CHILD_UMASK,
+                **({"user": user, "group": user, "extra_groups": []} if user else {}),
+            )
+        write_private(self.pid_path, f"{proc.pid} {process_start_time(proc.pid) or 0}\n")
+        return proc
+
+    def pid(self) -> int | None:
+        """The recorded pid if that very process still runs, else None."""
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
+            recorded_pid, recorded_start = (int(v) for v in self.pid_path.read_text().split()[:2])
+        except (OSError, ValueError):
+            return None  # absent, or written by an older histomlf without a start time
+        if not is_alive(recorded_pid) or process_start_time(recorded_pid) != recorded_start:
             return None
-        if marker.encode() not in cmdline:
-            return None
-    return pid
+        if self.marker is not None:
+            try:
+                cmdline = Path(f"/proc/{recorded_pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                return None
+            if self.marker.encode() not in cmdline:
+                return None
+        return recorded_pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def stop(self, *, grace: float = 10.0) -> bool:
+        """Stop the recorded process group (if it is still ours) and drop the pid file.
+
+        Returns True when the polite signal was enough (or nothing ran), False when KILL was
+        needed after `grace` seconds.
+        """
+        found = self.pid()
+        polite = True
+        if found is not None:
+            polite = terminate_group(found, grace=grace, first=self.stop_signal)
+        self.pid_path.unlink(missing_ok=True)
+        return polite
 
 
 def is_alive(pid: int) -> bool:
@@ -84,13 +138,13 @@ def is_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def terminate_group(pid: int, *, grace: float = 10.0) -> bool:
-    """Send TERM to the process group led by `pid`, KILL it after `grace` seconds.
+def terminate_group(pid: int, *, grace: float = 10.0, first: int = signal.SIGTERM) -> bool:
+    """Send `first` (TERM) to the process group led by `pid`, KILL it after `grace` seconds.
 
-    Returns True when TERM was enough, False when KILL was needed.
+    Returns True when the first signal was enough, False when KILL was needed.
     """
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, first)
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + grace
@@ -107,14 +161,6 @@ def terminate_group(pid: int, *, grace: float = 10.0) -> bool:
     while is_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return False
-
-
-def stop_recorded(pid_path: Path, marker: str | None = None, *, grace: float = 10.0) -> None:
-    """Terminate the process group recorded in `pid_path` (if it still runs), drop the file."""
-    found = read_pid(pid_path, marker)
-    if found is not None:
-        terminate_group(found, grace=grace)
-    pid_path.unlink(missing_ok=True)
 
 
 def _kill_leftovers(pgid: int) -> None:

@@ -32,7 +32,7 @@ class StackSettings:
     pg_port: int = 5433
     s3_port: int = 8333
     weed_master_port: int = 9333
-    weed_volume_port: int = 8080
+    weed_volume_port: int = 9340
     weed_filer_port: int = 8888
     bucket: str = "histomlf"
     admin_username: str = "admin"
@@ -79,8 +79,7 @@ class StackSettings:
         data["server_dir"] = str(self.server_dir)
         for key in ("database_uri", "auth_database_uri"):
             data[key] = None if data[key] is None else "<external>"
-        self.server_dir.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps(data, indent=2) + "\n")
+        write_private(self.state_file, json.dumps(data, indent=2) + "\n")
 
 
 _INT_ENV = {
@@ -151,21 +150,28 @@ def ensure_secret(path: Path, length: int = 40, alphabet: str | None = None) -> 
     """Read the secret stored at `path`, creating it (mode 0600) on first use."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
+    private_dir(path.parent)
     alphabet = alphabet or (string.ascii_letters + string.digits)
     value = "".join(secrets.choice(alphabet) for _ in range(length))
     write_private(path, value + "\n")
     return value
 
 
-def write_private(path: Path, text: str) -> None:
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """Create `path` (and missing parents) and give it `mode` (owner only by default)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(mode)
+    return path
+
+
+def write_private(path: Path, text: str | bytes) -> None:
     """Write `text` to `path` readable by the owner only (created 0600, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(text.encode() if isinstance(text, str) else text)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 

@@ -248,3 +248,22 @@ def _iso(millis: int | None) -> str:
     if not millis:
         return ""
     return datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def stored_gate_score(model_uri: str, kind: str) -> float:
+    """The `gate_score` a registered version stored when it was gated, for a version whose
+    `kind` tag is `kind` (a CV-final model's out-of-fold score cannot be re-scored on a
+    split: it came from K models each scoring the patients it never saw)."""
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    tags = MlflowClient().get_model_version(name, version).tags
+    if tags.get(VersionTag.KIND) != kind:
+        raise RegistryError(
+            f"{model_uri} is a {tags.get(VersionTag.KIND, 'train')!r} version, not {kind!r}: its "
+            "score is not out-of-fold on the same folds"
+        )
+    return float(tags[VersionTag.GATE_SCORE])
+
+
+def describe_version(name: str, version: str, text: str) -> None:
+    """Replace a version's description (the gate writes a test-split one)."""
+    MlflowClient().update_model_version(name, version, description=text)

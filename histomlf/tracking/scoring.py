@@ -80,3 +80,10 @@ def source_run_split(model_uri: str, target_dir: Path) -> Path | None:
         )
     except Exception:  # noqa: BLE001 - a model without a logged split is evaluated on given rows
         return None
+
+
+def logged_model_metadata(model_uri: str) -> dict[str, str]:
+    """The `metadata` a model was logged with (backbone, digests, scale, `final`), read from
+    its MLmodel file without loading the model; empty when it has none."""
+    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    return {str(key): str(value) for key, value in metadata.items()}

@@ -23,6 +23,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from histomlf.data.patches import patch_scale
 from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
 from histomlf.tracking import runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
@@ -194,9 +195,9 @@ def log_trial_model(model: Any, threshold: float, config: Any):
     """Log a trial's model as the serving pyfunc into the active run."""
     from histomlf.tracking.pyfunc import log_patch_classifier
 
-    return log_patch_classifier(model, threshold=threshold,
-                                metadata={ModelMeta.MODEL: config.model,
-                                          ModelMeta.EXPERIMENT: config.experiment})
+    metadata = {ModelMeta.MODEL: config.model, ModelMeta.EXPERIMENT: config.experiment,
+                **patch_scale(config.patch_mpp)}
+    return log_patch_classifier(model, threshold=threshold, metadata=metadata)
 
 
 def end_stale_trial_runs(search: SearchRun, oracle: Any) -> list[str]:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from histomlf.errors import UserError
+
 DEVICE_FORMS = "cpu, all, or a positive number of devices (e.g. 2)"
 
 
-class DevicesError(ValueError):
+class DevicesError(UserError, ValueError):
     """The `devices` setting cannot be honoured on this machine or in this process."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from histomlf.choices import LR_SCHEDULE_CHOICES, OPTIMIZER_CHOICES
 from histomlf.config import TrainConfig
 from histomlf.models.heads import BACKBONE_NAME
 from histomlf.training.callbacks import (
@@ -106,8 +107,8 @@ def make_optimizer(
         "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9, **decay),
         "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate, **decay),
     }
-    if name not in factories:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(factories)}")
+    if name not in OPTIMIZER_CHOICES:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZER_CHOICES)}")
     return factories[name]()
 
 
@@ -150,7 +151,7 @@ def phase_learning_rate(
         return keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.05
         )
-    raise ValueError(f"unknown lr_schedule {schedule!r}; known: constant, cosine")
+    raise ValueError(f"unknown lr_schedule {schedule!r}; known: {', '.join(LR_SCHEDULE_CHOICES)}")
 
 
 def compile_model(

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from histomlf.config import DATA_DIR_ENV, TrainConfig
+from histomlf.errors import UserError
 from histomlf.evaluation.scored import Evaluation, SplitScores, evaluate_splits, score_split
 from histomlf.memory import release_freed_memory
 from histomlf.paths import cache_root
@@ -128,7 +129,7 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
             drop=True
         )
         if rows[name].empty:
-            raise ValueError(f"the {name} split is empty: too few patients for the fractions")
+            raise UserError(f"the {name} split is empty: too few patients for the fractions")
     packed = None
     if config.packed_cache:
         from histomlf.data.pipeline import open_packed

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from histomlf.errors import UserError
+
 TUNER_ID = "KERASTUNER_TUNER_ID"
 ORACLE_IP = "KERASTUNER_ORACLE_IP"
 ORACLE_PORT = "KERASTUNER_ORACLE_PORT"
@@ -177,7 +179,7 @@ def serve_oracle(tuner: Any, pool: WorkerPool | None = None, poll_seconds: float
             if pool is not None:
                 pool.supervise(oracle)
                 if pool.all_gone():
-                    raise RuntimeError("every worker died and could not be restarted; see "
+                    raise UserError("every worker died and could not be restarted; see "
                                        f"{pool.log_dir}")
     finally:
         server.stop(grace=2)

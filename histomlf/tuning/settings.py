@@ -12,37 +12,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histomlf.config import ConfigError, TrainConfig, build_config, load_experiment
+from histomlf.choices import DIRECTION_CHOICES, LOG_MODELS_CHOICES
+from histomlf.config import ConfigError, TrainConfig, build_config, load_experiment, setting
+from histomlf.errors import UserError
 from histomlf.evaluation.metrics import METRICS
-from histomlf.tuning.tuners import list_tuners
+from histomlf.tuning.tuner_table import tuner_names, tuner_spec
 
-LOG_MODELS_CHOICES = ("best", "all")
 # Metrics Keras itself reports per epoch (histomlf compiles them under these names), so Keras
 # Tuner can checkpoint the best epoch of a trial on them; the others exist after the fit only.
 KERAS_EPOCH_METRICS = ("loss", "accuracy", "roc_auc", "pr_auc", "precision", "recall")
+
+
+def _objectives() -> list[str]:
+    return [f"val_{name}" for name in METRICS]
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """Everything about a search except the base training config and the space itself."""
 
-    tuner: str = "random"
-    max_trials: int = 10
-    executions_per_trial: int = 1
-    objective: str = "val_roc_auc"
-    direction: str = ""
-    max_epochs: int = 0
-    factor: int = 3
-    hyperband_iterations: int = 1
-    max_retries_per_trial: int = 0
-    max_consecutive_failed_trials: int = 3
-    log_models: str = "best"
-    space: dict[str, Any] = field(default_factory=dict)
+    tuner: str = setting("random", "Keras Tuner search", choices=tuner_names)
+    max_trials: int = setting(10, "most trials to run (failed ones count)")
+    executions_per_trial: int = setting(
+        1, "fits from scratch per trial; the objective is their mean"
+    )
+    objective: str = setting("val_roc_auc", "validation metric to optimise", choices=_objectives)
+    direction: str = setting(
+        "", "default: min for loss, brier, ece; else max", choices=DIRECTION_CHOICES
+    )
+    max_epochs: int = setting(
+        0, "hyperband: most epochs of one trial, both phases (0: epochs + fine_tune_epochs)"
+    )
+    factor: int = setting(3, "hyperband: reduction factor between rounds")
+    hyperband_iterations: int = setting(1, "hyperband: how many times to run all brackets")
+    max_retries_per_trial: int = setting(0, "rerun a crashed trial this many times")
+    max_consecutive_failed_trials: int = setting(
+        3, "stop the search after this many failures in a row"
+    )
+    log_models: str = setting(
+        "best", "best: only the winner's model, in its trial run", choices=LOG_MODELS_CHOICES
+    )
+    space: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        if self.tuner not in list_tuners():
+        if self.tuner not in tuner_names():
             raise ConfigError(
-                f"tuner must be one of {', '.join(list_tuners())}; got {self.tuner!r}"
+                f"tuner must be one of {', '.join(tuner_names())}; got {self.tuner!r}"
             )
         if self.log_models not in LOG_MODELS_CHOICES:
             raise ConfigError(f"log_models must be best or all; got {self.log_models!r}")
@@ -58,7 +73,7 @@ class SearchSettings:
         if not self.objective.startswith("val_") or self.objective[4:] not in METRICS:
             known = ", ".join(f"val_{name}" for name in METRICS)
             raise ConfigError(f"objective must be one of {known}; got {self.objective!r}")
-        if self.direction not in ("", "max", "min"):
+        if self.direction not in ("", *DIRECTION_CHOICES):
             raise ConfigError(f"direction must be max or min; got {self.direction!r}")
         if not isinstance(self.space, dict):
             raise ConfigError("search.space must be a mapping of parameter: spec")
@@ -89,6 +104,22 @@ def setting_names() -> list[str]:
     return [f.name for f in dataclasses.fields(SearchSettings) if f.name != "space"]
 
 
+def check_search(config: TrainConfig, settings: SearchSettings) -> None:
+    """The checks that need both the base config and the settings, run when a `SearchSpec` is
+    built (before a run opens, data is read or Keras Tuner is imported)."""
+    if config.devices != "cpu":
+        raise ConfigError(
+            f"devices={config.devices} applies to train and cv; tuning trials run on one "
+            "device each: scale a search with --workers (Keras Tuner chief and workers)"
+        )
+    if config.snapshots != 1:
+        raise ConfigError(
+            f"snapshots={config.snapshots} applies to train and cv; a tuning trial scores one "
+            "model (Hyperband resumes trials mid-schedule, which would split a cycle)"
+        )
+    tuner_spec(settings.tuner).validate(settings, config)
+
+
 def load_search(
     experiment: str | Path, overrides: dict[str, Any] | None = None
 ) -> tuple[TrainConfig, SearchSettings]:
@@ -106,18 +137,8 @@ def load_search(
         raise ConfigError(f"experiment {experiment}: no search.space section to tune")
     values = {**search, **{k: v for k, v in overrides.items() if k in names}}
     settings = build_config(SearchSettings, values, source=f"experiment {experiment} search")
-    if settings.tuner == "hyperband":
-        _check_hyperband(config, settings)
+    check_search(config, settings)
     return config, settings
-
-
-def _check_hyperband(config: TrainConfig, settings: SearchSettings) -> None:
-    tuned = sorted({"epochs", "fine_tune_epochs"} & set(settings.space))
-    if tuned:
-        raise ConfigError(f"hyperband sets each trial's epochs itself; remove {', '.join(tuned)} "
-                          "from search.space")
-    if settings.epoch_budget(config) < 1:
-        raise ConfigError("hyperband needs max_epochs >= 1")
 
 
 def settings_from_dict(values: dict[str, Any]) -> SearchSettings:
@@ -125,7 +146,7 @@ def settings_from_dict(values: dict[str, Any]) -> SearchSettings:
     return build_config(SearchSettings, values, source="saved search settings")
 
 
-class SearchError(ValueError):
+class SearchError(UserError, ValueError):
     """A search that cannot start or continue as asked; the message says why, in one line."""
 
 
@@ -135,6 +156,9 @@ class SearchSpec:
 
     config: TrainConfig
     settings: SearchSettings
+
+    def __post_init__(self) -> None:
+        check_search(self.config, self.settings)
 
     def to_dict(self) -> dict[str, Any]:
         settings = {k: v for k, v in self.settings.as_params().items() if k != "direction"}

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras_tuner as kt
 
-from histomlf.config import ConfigError, TrainConfig
-
-if TYPE_CHECKING:  # settings validates tuner names against this registry
-    from histomlf.tuning.settings import SearchSettings
+from histomlf.config import TrainConfig
+from histomlf.tuning.settings import SearchSettings, check_search
+from histomlf.tuning.tuner_table import TUNERS, tuner_spec
 
 PROJECT_NAME = "search"
 MODEL_WEIGHTS = "histomlf_model.weights.h5"
@@ -50,23 +49,21 @@ def _common(settings: SearchSettings, config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _with_max_trials(settings: SearchSettings, config: TrainConfig) -> dict[str, Any]:
-    return {**_common(settings, config), "max_trials": settings.max_trials}
+def _oracle_args(name: str) -> OracleArgs:
+    """The objective and failure budget every tuner takes, plus its own args from the table."""
+    own = tuner_spec(name).oracle_args
+    return lambda settings, config: {**_common(settings, config), **own(settings, config)}
 
 
-def _hyperband(settings: SearchSettings, config: TrainConfig) -> dict[str, Any]:
-    return {
-        **_common(settings, config),
-        "max_epochs": settings.epoch_budget(config),
-        "factor": settings.factor,
-        "hyperband_iterations": settings.hyperband_iterations,
-    }
-
-
-register_tuner("random", kt.RandomSearch, _with_max_trials)
-register_tuner("bayesian", kt.BayesianOptimization, _with_max_trials)
-register_tuner("hyperband", kt.Hyperband, _hyperband)
-register_tuner("grid", kt.GridSearch, _with_max_trials)
+# One Keras Tuner class per name of the Keras-free table (`tuning/tuner_table.py`).
+_KERAS_TUNERS = {
+    "random": kt.RandomSearch,
+    "bayesian": kt.BayesianOptimization,
+    "hyperband": kt.Hyperband,
+    "grid": kt.GridSearch,
+}
+for _name in TUNERS:
+    register_tuner(_name, _KERAS_TUNERS[_name], _oracle_args(_name))
 
 
 class SearchTunerMixin:
@@ -104,8 +101,7 @@ class SearchTunerMixin:
 
 def tuner_class(name: str, mixins: tuple[type, ...] = ()) -> type:
     """The Keras Tuner class for `name` with `mixins` and `SearchTunerMixin` in front."""
-    if name not in _TUNERS:
-        raise ConfigError(f"unknown tuner {name!r}; known: {', '.join(list_tuners())}")
+    tuner_spec(name)  # an unknown name is a one-line ConfigError
     base, _ = _TUNERS[name]
     prefix = "".join(m.__name__.removesuffix("Mixin") for m in mixins)
     return type(f"{prefix}{base.__name__}", (*mixins, SearchTunerMixin, base), {})
@@ -120,17 +116,12 @@ def create_tuner(
     mixins: tuple[type, ...] = (),
     **kwargs: Any,
 ) -> Any:
-    """Build the named tuner over `hypermodel` in `directory/search` (reloaded if present)."""
-    if config.devices != "cpu":
-        raise ConfigError(
-            f"devices={config.devices} applies to train and cv; tuning trials run on one "
-            "device each: scale a search with --workers (Keras Tuner chief and workers)"
-        )
-    if config.snapshots != 1:
-        raise ConfigError(
-            f"snapshots={config.snapshots} applies to train and cv; a tuning trial scores one "
-            "model (Hyperband resumes trials mid-schedule, which would split a cycle)"
-        )
+    """Build the named tuner over `hypermodel` in `directory/search` (reloaded if present).
+
+    The settings were checked when the `SearchSpec` was built, before any run opened; the
+    check runs again here for callers that build a tuner from loose settings.
+    """
+    check_search(config, settings)
     cls = tuner_class(settings.tuner, mixins)
     _, oracle_args = _TUNERS[settings.tuner]
     tuner = cls(

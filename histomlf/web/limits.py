@@ -63,19 +63,23 @@ class BodyLimit:
     """ASGI middleware: at most `limit` body bytes per HTTP request (413 otherwise).
 
     `reply(scope, error)` builds the response sent when the declared `Content-Length` is over
-    the cap (no body byte is read then).
+    the cap (no body byte is read then). `by_path` gives routes of their own cap (the slide
+    upload's), exact paths only.
     """
 
-    def __init__(self, app: Any, limit: int, reply: Reply) -> None:
+    def __init__(self, app: Any, limit: int, reply: Reply,
+                 by_path: dict[str, int] | None = None) -> None:
         self.app, self.limit, self.reply = app, limit, reply
+        self.by_path = dict(by_path or {})
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.by_path.get(scope.get("path", ""), self.limit)
         declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            response = await self.reply(scope, RequestTooLarge(self.limit, declared))
+        if declared is not None and declared > limit:
+            response = await self.reply(scope, RequestTooLarge(limit, declared))
             await response(scope, receive, send)
             return
         seen = 0
@@ -85,8 +89,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise RequestTooLarge(self.limit)
+                if seen > limit:
+                    raise RequestTooLarge(limit)
             return message
 
         await self.app(scope, counted, send)

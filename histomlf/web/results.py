@@ -1,13 +1,17 @@
 """What a page shows for an upload: scores, Grad-CAM overlays, the patient map, the CSV.
 
 Both the HTML pages and the JSON API take these results; the images (inline PNG data URIs, so
-a page needs no second request and works offline) are only drawn for HTML.
+a page needs no second request and works offline) are only drawn for HTML. File names and the
+patient id are shortened for display (`display_name`: at most 80 characters, an ellipsis in
+the middle) in every row, error line and CSV, so a 64 KB upload name costs 80 characters per
+mention instead of being echoed whole; templates escape them (Jinja autoescape).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,29 @@ THUMB_SCALE = 2
 GAP = 2
 MAP_DPI = 90
 CSV_COLUMNS = ["file", "patient_id", "x", "y", "label", "probability", "predicted"]
+NAME_CHARS = 80
+"""Longest file name shown; Kaggle names are ~40 characters, so real names show whole."""
+MESSAGE_CHARS = 400
+ELLIPSIS = "\u2026"
+
+
+def display_name(name: str, limit: int = NAME_CHARS) -> str:
+    """`name` if at most `limit` characters, else its head and tail around an ellipsis (the
+    tail keeps the extension and a Kaggle name's coordinates), `limit` characters in all."""
+    if len(name) <= limit:
+        return name
+    tail = (limit - 1) // 2
+    return name[: limit - 1 - tail] + ELLIPSIS + name[len(name) - tail :]
+
+
+def display_message(message: str) -> str:
+    """A message with every over-long word (a file name it quotes) shortened, and capped."""
+    words = re.sub(rf"\S{{{NAME_CHARS + 1},}}", lambda m: display_name(m[0]), message)
+    return display_name(words, MESSAGE_CHARS)
+
+
+def display_errors(errors: list[FileError]) -> list[FileError]:
+    return [FileError(display_name(e.file), display_message(e.message)) for e in errors]
 
 
 @dataclass
@@ -72,9 +99,9 @@ def score_patches(scorer: Scorer, decoded: Decoded, *, pictures: bool) -> PatchR
     `limits.overlays` (each explaining the class the model predicted)."""
     probability = scorer.probabilities(decoded.patches)
     label = (probability >= scorer.threshold).astype(int)
-    rows = [PatchRow(name, float(p), int(y))
+    rows = [PatchRow(display_name(name), float(p), int(y))
             for name, p, y in zip(decoded.names, probability, label, strict=True)]
-    results = PatchResults(rows, list(decoded.errors))
+    results = PatchResults(rows, display_errors(decoded.errors))
     if not pictures:
         return results
     shown = min(len(rows), scorer.limits.overlays)
@@ -98,13 +125,16 @@ def score_patient(scorer: Scorer, files: PatientFiles, *, pictures: bool) -> Pat
     """Score one patient's patches; with `pictures`, the four-panel map and the CSV link."""
     probability = scorer.probabilities(files.patches)
     frame = files.rows.assign(
-        probability=probability, predicted=(probability >= scorer.threshold).astype(int)
+        file=files.rows["file"].map(display_name),
+        patient_id=files.rows["patient_id"].map(display_name),
+        probability=probability,
+        predicted=(probability >= scorer.threshold).astype(int),
     )[CSV_COLUMNS]
     results = PatientResults(
-        patient_id=files.patient_id,
+        patient_id=display_name(files.patient_id),
         summary=patient_summary(frame, scorer.threshold),
         predictions=frame,
-        errors=list(files.errors),
+        errors=display_errors(files.errors),
         skipped=files.skipped,
     )
     if pictures:

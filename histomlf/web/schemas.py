@@ -80,3 +80,21 @@ def model_summary(scorer: Scorer) -> ModelSummary:
 
 def refused(errors: list[FileError]) -> list[RefusedFile]:
     return [RefusedFile(file=e.file, message=e.message) for e in errors]
+
+
+class SlideJobAnswer(BaseModel):
+    """A whole-slide job: poll `status_url` until `state` is `done` (or `failed`)."""
+
+    job: str
+    state: str = Field(description="queued | running | done | failed")
+    slide: str = Field(description="the uploaded file name")
+    size_bytes: int
+    status_url: str
+    page_url: str = Field(description="the same job as a page that refreshes itself")
+    tiles_done: int
+    tiles_total: int | None = Field(description="known once the tissue mask is made")
+    error: str | None = Field(description="why the job failed, one line")
+    summary: dict | None = Field(description="summary.json once done (NaN as null)")
+    files: dict[str, str] = Field(description="download URL of each output, once done")
+    tracked_in_mlflow: bool = Field(False, description="web slide runs are not tracked; "
+                                    "`histomlf slide predict` records them")

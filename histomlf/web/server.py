@@ -7,14 +7,17 @@ import uvicorn
 from histomlf.web.app import create_app
 from histomlf.web.model_card import ModelCard
 from histomlf.web.scorer import Scorer, load_scorer
+from histomlf.web.security import DEFAULT_SCORING_SLOTS
 
 
-def serve(card: ModelCard, *, host: str, port: int, mlflow_ui_url: str | None = None) -> None:
-    """Load the model `card` describes, then serve until Ctrl-C / SIGTERM."""
+def serve(card: ModelCard, *, host: str, port: int, mlflow_ui_url: str | None = None,
+          scoring_slots: int = DEFAULT_SCORING_SLOTS, **slides) -> None:
+    """Load the model `card` describes, then serve until Ctrl-C / SIGTERM (`slides`: the slide
+    options of `create_app`)."""
     scorer = load_scorer(card.uri, card=card)
     print(_ready_line(scorer, host, port), flush=True)
-    uvicorn.run(create_app(scorer, mlflow_ui_url=mlflow_ui_url), host=host, port=port,
-                log_level="info")
+    app = create_app(scorer, mlflow_ui_url=mlflow_ui_url, scoring_slots=scoring_slots, **slides)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _ready_line(scorer: Scorer, host: str, port: int) -> str:
