@@ -516,7 +516,8 @@ def test_uploads_leave_no_file_behind(client, idc_sample: Path, tmp_path: Path,
 @pytest.mark.slow
 def test_the_openapi_page_describes_the_json_api(client) -> None:
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/api/predict", "/api/patient", "/api/model"}
+    assert set(schema["paths"]) == {"/api/predict", "/api/patient", "/api/model",
+                                    "/api/slide", "/api/slide/{job_id}"}  # whole-slide jobs
     body = schema["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["properties"]["files"]["type"] == "array"
     answers = schema["paths"]["/api/patient"]["post"]["responses"]
