@@ -6,7 +6,10 @@ CV) plus a report run over it (`tests/run_record.py`). The copy it was recorded 
 `.git`, so `histomlf.git_commit` / `histomlf.git_dirty` (logged with the environment from a
 checkout) were added by hand to the kinds that log the environment. A change to this list is a
 change users and old stores' readers see: update the file in the same commit and say why.
-"""
+Since then it gained only what main added on purpose (the commit that updated it lists them):
+the study's cv with `--log-models true --final ensemble` (cv params `final`, `calibrate`; the
+`cv-final` child; the fold models' `serving_*` params) and the patch scale (`patch_mpp`,
+`patch_px`)."""
 
 from __future__ import annotations
 
