@@ -41,7 +41,7 @@ def log_model(store: Path) -> str:
 
     from histomlf.config import load_experiment
     from histomlf.models import create_model
-    from histomlf.schema import ModelMetadata
+    from histomlf.schema import ModelMeta
     from histomlf.tracking.pyfunc import log_patch_classifier
 
     config, _ = load_experiment("default")
@@ -51,7 +51,7 @@ def log_model(store: Path) -> str:
     experiment = mlflow.create_experiment("web", artifact_location=str(store / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
         log_patch_classifier(model, threshold=0.5, registered_model_name=MODEL_NAME,
-                             metadata={ModelMetadata.PATCH_PX: 50, ModelMetadata.PATCH_MPP: 4.0})
+                             metadata={ModelMeta.PATCH_PX: 50, ModelMeta.PATCH_MPP: 4.0})
     return f"models:/{MODEL_NAME}/1"
 
 

@@ -151,7 +151,7 @@ def slide_store(tmp_path_factory: pytest.TempPathFactory) -> SlideStore:
     from helpers_mlflow import isolated_tracking
     from mlflow.tracking import MlflowClient
 
-    from histomlf.schema import ModelMetadata
+    from histomlf.schema import ModelMeta
     from histomlf.tracking.pyfunc import log_patch_classifier
 
     root = tmp_path_factory.mktemp("slide-store")
@@ -166,7 +166,7 @@ def slide_store(tmp_path_factory: pytest.TempPathFactory) -> SlideStore:
         with mlflow.start_run(experiment_id=experiment_id, run_name="colour-model") as run:
             log_patch_classifier(
                 model, threshold=threshold, registered_model_name="idc-slides",
-                metadata={ModelMetadata.PATCH_PX: 50, ModelMetadata.PATCH_MPP: KAGGLE_MPP},
+                metadata={ModelMeta.PATCH_PX: 50, ModelMeta.PATCH_MPP: KAGGLE_MPP},
             )  # fmt: skip
             model_uri = f"runs:/{run.info.run_id}/model"
         MlflowClient().set_registered_model_alias("idc-slides", "champion", "1")

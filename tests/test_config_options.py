@@ -141,9 +141,9 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback() -> None:
 
 def test_next_steps_are_numbered_as_printed_and_name_the_website() -> None:
     from histomlf.cli.train import print_summary
+    from histomlf.evaluation.metrics import HEADLINE, headline_keys
 
-    metrics = {k: 0.5 for k in ("test_roc_auc", "test_balanced_accuracy", "test_f1",
-                                "test_accuracy")}
+    metrics = {k: 0.5 for k in headline_keys("test_", HEADLINE)}  # what the summary prints
     gate = SimpleNamespace(name="idc-classifier", version="3", alias="champion", reason="first")
     for result, count in (({}, 2), ({"gate": gate}, 4)):
         full = {"run_id": "r", "model_uri": "m", "metrics": metrics, **result}

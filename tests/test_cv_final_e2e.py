@@ -17,6 +17,7 @@ from study_store import CV_FINAL_NAME, tracking_env
 from histomlf.data.patches import decode_patch
 from histomlf.evaluation.calibration import PlattMap
 from histomlf.models.averaging import calibration_of
+from histomlf.schema import Artifact, Folder, MlflowTag, RunKind, Tag, VersionTag
 from histomlf.tracking.pyfunc import predict_patches
 
 pytestmark = pytest.mark.slow
@@ -29,12 +30,12 @@ def keras_model_of(uri: str) -> keras.Model:
 def final_run(client: MlflowClient, study_store):
     children = client.search_runs(
         [study_store.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{study_store.cv_parent_id}'",
+        filter_string=f"tags.`{MlflowTag.PARENT_RUN_ID}` = '{study_store.cv_parent_id}'",
     )
-    finals = [r for r in children if r.data.tags.get("histomlf.kind") == "cv-final"]
+    finals = [r for r in children if r.data.tags.get(Tag.KIND) == RunKind.CV_FINAL]
     folds = sorted(
-        (r for r in children if r.data.tags.get("histomlf.kind") == "cv-fold"),
-        key=lambda r: int(r.data.tags["histomlf.fold"]),
+        (r for r in children if r.data.tags.get(Tag.KIND) == RunKind.CV_FOLD),
+        key=lambda r: int(r.data.tags[Tag.FOLD]),
     )
     assert len(finals) == 1 and len(folds) == 2
     return finals[0], folds
@@ -50,18 +51,18 @@ def test_final_model_is_the_calibrated_mean_of_the_fold_models(
         assert not [k for k in metrics if k.startswith("test_")]
         assert {"oof_roc_auc", "oof_roc_auc_ci_low", "oof_ece", "oof_ece_uncalibrated",
                 "fold_mean_roc_auc", "platt_slope", "platt_intercept"} <= set(metrics)
-        artifacts = {a.path for a in client.list_artifacts(final.info.run_id, "predictions")}
-        assert "predictions/oof_predictions.csv" in artifacts
+        artifacts = {a.path for a in client.list_artifacts(final.info.run_id, Folder.PREDICTIONS)}
+        assert Artifact.predictions("oof") in artifacts
         # The pooled table scores every patient of both folds once.
         pooled = mlflow.artifacts.load_text(
-            f"runs:/{final.info.run_id}/predictions/oof_predictions.csv"
+            f"runs:/{final.info.run_id}/{Artifact.predictions('oof')}"
         ).splitlines()
         fold_test = sum(int(f.data.params["test_patches"]) for f in folds)
         assert len(pooled) - 1 == fold_test
 
         version = client.get_model_version_by_alias(CV_FINAL_NAME, "champion")
-        assert version.tags["kind"] == "cv-final"
-        assert version.tags["fold_runs"] == ",".join(f.info.run_id for f in folds)
+        assert version.tags[VersionTag.KIND] == RunKind.CV_FINAL
+        assert version.tags[VersionTag.FOLD_RUNS] == ",".join(f.info.run_id for f in folds)
         assert "Out-of-fold, pooled over" in version.description
         final_model = keras_model_of(f"models:/{CV_FINAL_NAME}/{version.version}")
         members = [

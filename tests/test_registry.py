@@ -21,18 +21,15 @@ from helpers_mlflow import (
 )
 from sklearn.metrics import roc_auc_score
 
-from histomlf.tracking.pyfunc import log_patch_classifier
-from histomlf.tracking.registry import (
+from histomlf.evaluation.gate import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
-    demote,
     higher_is_better,
     is_better,
-    list_versions,
-    promote,
-    register_and_gate,
 )
+from histomlf.tracking.pyfunc import log_patch_classifier
+from histomlf.tracking.registry import demote, list_versions, promote, register_and_gate
 
 NAME = "idc-gate"
 DIGESTS = {"data_digest": "d" * 16, "split_digest": "s" * 16}

@@ -127,7 +127,9 @@ def test_table_values_equal_the_logged_metrics(report: Report, study_store: Stud
             assert cell.attrs["data-value"] == "" and cell.text.strip().startswith("–"), key
             continue
         assert same(cell.attrs["data-value"], logged), (run_id, key)
-        if cell.tag == "td":  # a table cell: three decimals (then its interval or spread)
+        if cell.tag == "td" or "num" in cell.attrs.get("class", "").split():
+            # a table cell or a number in the text (the CV-final's out-of-fold scores): three
+            # decimals (then its interval or spread)
             shown = "–" if math.isnan(logged) else f"{logged:.3f}"
         else:  # a count in the text
             shown = str(int(logged))

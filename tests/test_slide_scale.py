@@ -10,7 +10,7 @@ import pytest
 from helpers_mlflow import tmp_store
 
 from histomlf.config import KAGGLE_PATCH_MPP, ConfigError, TrainConfig
-from histomlf.schema import ModelMetadata
+from histomlf.schema import ModelMeta
 from histomlf.slides.reader import SlideError
 from histomlf.tracking.slides import model_scale
 
@@ -23,7 +23,7 @@ def test_patch_mpp_is_a_data_option_with_the_kaggle_default() -> None:
 
 
 def test_model_scale_reads_metadata_and_refuses_old_models_in_one_line() -> None:
-    recorded = {ModelMetadata.PATCH_PX: "50", ModelMetadata.PATCH_MPP: "4.0"}
+    recorded = {ModelMeta.PATCH_PX: "50", ModelMeta.PATCH_MPP: "4.0"}
     assert model_scale(recorded, None) == (50, 4.0)
     assert model_scale(recorded, 4.0) == (50, 4.0)
     with pytest.raises(SlideError, match="contradicts"):
@@ -58,9 +58,9 @@ def test_a_trained_model_records_its_scale_everywhere(
         metadata = mlflow.models.get_model_info(result["model_uri"]).metadata
         version = client.get_model_version("scale-test", "1")
         slide_model = load_slide_model("models:/scale-test/1")
-    assert (params[ModelMetadata.PATCH_PX], params[ModelMetadata.PATCH_MPP]) == ("50", "3.9")
-    assert (metadata[ModelMetadata.PATCH_PX], metadata[ModelMetadata.PATCH_MPP]) == ("50", "3.9")
-    assert version.tags[ModelMetadata.PATCH_MPP] == "3.9"
-    assert version.tags[ModelMetadata.PATCH_PX] == "50"
+    assert (params[ModelMeta.PATCH_PX], params[ModelMeta.PATCH_MPP]) == ("50", "3.9")
+    assert (metadata[ModelMeta.PATCH_PX], metadata[ModelMeta.PATCH_MPP]) == ("50", "3.9")
+    assert version.tags[ModelMeta.PATCH_MPP] == "3.9"
+    assert version.tags[ModelMeta.PATCH_PX] == "50"
     assert (slide_model.patch_px, slide_model.patch_mpp) == (50, 3.9)
     assert (slide_model.name, slide_model.version) == ("scale-test", "1")

@@ -303,7 +303,7 @@ def local_only(html: str) -> None:
 def test_home_says_which_model_answers(client, study_store: StudyStore) -> None:
     from mlflow.tracking import MlflowClient
 
-    from histomlf.tracking.notes import metric_with_interval
+    from histomlf.evaluation.text import metric_with_interval
 
     store = MlflowClient(study_store.tracking_uri)
     version = store.get_model_version_by_alias("idc-study", "champion")
@@ -332,7 +332,7 @@ def test_about_puts_unseen_patient_scores_next_to_the_original_study(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from histomlf.tracking.notes import metric_with_interval
+    from histomlf.evaluation.text import metric_with_interval
 
     store = MlflowClient(study_store.tracking_uri)
     run = store.get_run(store.get_model_version_by_alias("idc-study", "champion").run_id)
@@ -516,7 +516,8 @@ def test_uploads_leave_no_file_behind(client, idc_sample: Path, tmp_path: Path,
 @pytest.mark.slow
 def test_the_openapi_page_describes_the_json_api(client) -> None:
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/api/predict", "/api/patient", "/api/model"}
+    assert set(schema["paths"]) == {"/api/predict", "/api/patient", "/api/model",
+                                    "/api/slide", "/api/slide/{job_id}"}  # whole-slide jobs
     body = schema["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["properties"]["files"]["type"] == "array"
     answers = schema["paths"]["/api/patient"]["post"]["responses"]

@@ -23,8 +23,8 @@ import pytest
 import requests
 from helpers_mlflow import free_port, sample_patches
 
-from histomlf.tracking.model_card import ModelCard
 from histomlf.web.limits import Limits
+from histomlf.web.model_card import ModelCard
 
 MB = 1024 * 1024
 SECURITY = {

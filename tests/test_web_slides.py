@@ -266,12 +266,13 @@ def test_a_slide_job_from_upload_to_downloads(tmp_path: Path, real_slides) -> No
                           SlideArtifact.TILES_GEOJSON, SlideArtifact.IDC_REGIONS_GEOJSON,
                           SlideArtifact.SUMMARY}
     assert all(a.status_code == 200 for a in files.values())
-    assert files["heatmap.png"].content[:8] == b"\x89PNG\r\n\x1a\n"
-    assert files["tiles.geojson"].headers["content-disposition"].startswith("attachment")
-    on_disk = json.loads(files["summary.json"].content)
+    assert files[SlideArtifact.HEATMAP].content[:8] == b"\x89PNG\r\n\x1a\n"
+    geojson = files[SlideArtifact.TILES_GEOJSON]
+    assert geojson.headers["content-disposition"].startswith("attachment")
+    on_disk = json.loads(files[SlideArtifact.SUMMARY].content)
     assert {k: v for k, v in on_disk.items() if k != "slide"} == {
         k: v for k, v in summary.items() if k != "slide"}
-    assert len(json.loads(files["tiles.geojson"].content)["features"]) == summary["tiles"]
+    assert len(json.loads(geojson.content)["features"]) == summary["tiles"]
 
     result = html.unescape(client.get(page_url).text)
     assert "http-equiv" not in result and 'id="heatmap"' in result

@@ -17,6 +17,7 @@ from histomlf.cli.options import (
     use_experiment_name,
 )
 from histomlf.errors import UserError
+from histomlf.evaluation.metrics import BRIEF, headline_keys
 from histomlf.model_uri import check_model_uri
 
 
@@ -155,7 +156,7 @@ def cv(
             calibrate=calibrate,
             register_as=config.register_as if final != "none" else "",
         )
-    for key in ("test_roc_auc", "test_balanced_accuracy", "test_f1"):
+    for key in headline_keys("test_", BRIEF):
         mean, sd = result["summary"].get(f"{key}_mean"), result["summary"].get(f"{key}_sd")
         if mean is not None:
             click.echo(f"{key:24s} {mean:.4f} ± {sd:.4f}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from histomlf.cli.errors import check_tracking_server, shown_as_one_line
+from histomlf.schema import Folder
 
 
 @click.command()
@@ -16,7 +17,7 @@ from histomlf.cli.errors import check_tracking_server, shown_as_one_line
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="folder to write explain/ into (must not already hold one)",
+    help=f"folder to write {Folder.EXPLAIN}/ into (must not already hold one)",
 )
 @click.option("--patients", default="", help="comma-separated patient ids to map (default: "
               "the few with most patches and the worst by error)")

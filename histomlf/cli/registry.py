@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import click
 
+from histomlf.schema import ModelMeta, VersionTag
+
 # Columns of `registry list`: (header, tag or field, width cap).
 _COLUMNS = (
     ("VERSION", "version", 7),
     ("ALIASES", "aliases", 20),
-    ("MODEL", "model", 16),
-    ("METRIC", "gate_metric", 12),
-    ("SCORE", "gate_score", 8),
-    ("CHAMP", "gate_champion_score", 8),
-    ("DECISION", "gate_decision", 10),
-    ("DATA", "data_digest", 12),
-    ("SPLIT", "split_digest", 12),
+    ("MODEL", ModelMeta.MODEL, 16),
+    ("METRIC", VersionTag.GATE_METRIC, 12),
+    ("SCORE", VersionTag.GATE_SCORE, 8),
+    ("CHAMP", VersionTag.GATE_CHAMPION_SCORE, 8),
+    ("DECISION", VersionTag.GATE_DECISION, 10),
+    ("DATA", ModelMeta.DATA_DIGEST, 12),
+    ("SPLIT", ModelMeta.SPLIT_DIGEST, 12),
     ("CREATED", "created", 25),
-    ("REASON", "gate_reason", 200),
+    ("REASON", VersionTag.GATE_REASON, 200),
 )
 
 
@@ -83,9 +85,9 @@ def demote(ctx: click.Context, name: str, alias: str) -> None:
 
 def _call(ctx: click.Context, function, *args, **kwargs):
     """Run a registry function against the chosen store; any failure is one line, exit 1."""
+    from histomlf.evaluation.gate import RegistryError
     from histomlf.tracking.errors import one_line, tracking_errors
     from histomlf.tracking.probe import use_tracking_uri
-    from histomlf.tracking.registry import RegistryError
 
     try:
         use_tracking_uri(ctx.obj["tracking_uri"])

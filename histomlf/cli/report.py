@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from histomlf.schema import RunKind, Tag
+
 
 def _run_ids(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
@@ -28,7 +30,7 @@ def _run_ids(value: str | None) -> list[str]:
 @click.option("--mlflow-url", default="",
               help="base URL of an MLflow UI; run names then link there (the only links)")
 @click.option("--log/--no-log", "log_run", default=True, show_default=True,
-              help="log the report as an artifact of a run tagged histomlf.kind=report")
+              help=f"log the report as an artifact of a run tagged {Tag.KIND}={RunKind.REPORT}")
 @click.option("--log-experiment", default="",
               help="experiment for the report run (default: the first reported run's)")
 def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path,
@@ -45,7 +47,7 @@ def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path
     check_tracking_server()
     from histomlf.recipes.report import write_report
     from histomlf.report.pdf import PdfError
-    from histomlf.tracking.report_store import ReportSelectionError
+    from histomlf.report.store import ReportSelectionError
 
     try:
         outcome = write_report(experiment_names, run_ids, out, pdf=pdf, title=title,
@@ -55,5 +57,5 @@ def report(experiment_names: tuple[str, ...], runs_option: str | None, out: Path
         raise click.ClickException(str(error)) from error
     click.echo(f"wrote {' and '.join(str(f) for f in outcome.files)} ({outcome.runs} runs)")
     if outcome.run_id is not None:
-        click.echo(f"logged as run {outcome.run_id} (histomlf.kind=report) in experiment "
+        click.echo(f"logged as run {outcome.run_id} ({Tag.KIND}={RunKind.REPORT}) in experiment "
                    f"{outcome.experiment!r}")

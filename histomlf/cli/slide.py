@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
+from histomlf.schema import SlideArtifact
 
 
 @click.group()
@@ -25,7 +26,8 @@ def slide() -> None:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="output folder (a folder of slides: one sub-folder per slide plus slides.csv)",
+    help="output folder (a folder of slides: one sub-folder per slide plus "
+    f"{SlideArtifact.FOLDER_SUMMARY})",
 )
 @click.option(
     "--slide-mpp",
@@ -131,7 +133,8 @@ def predict(
             click.echo(f"{row['slide']}: FAILED: {row['error']}", err=True)
     click.echo(f"wrote {out} (run {result.run_id})")
     if result.failures:
-        message = f"{len(result.failures)} of {len(result.rows)} slides failed (see slides.csv)"
+        message = (f"{len(result.failures)} of {len(result.rows)} slides failed "
+                   f"(see {SlideArtifact.FOLDER_SUMMARY})")
         if len(result.failures) == len(result.rows):
             raise click.ClickException(message)  # nothing scored: a failed command
         click.echo(f"warning: {message}", err=True)

@@ -14,6 +14,7 @@ from histomlf.cli.options import (
     load_checked_config,
     use_experiment_name,
 )
+from histomlf.evaluation.metrics import HEADLINE, headline_keys
 
 
 @click.command()
@@ -69,7 +70,7 @@ def print_summary(result: dict) -> None:
     """The run, its headline test metrics, the gate's verdict and what to do next."""
     metrics = result["metrics"]
     click.echo(f"run {result['run_id']}  model {result['model_uri']}")
-    for name in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "test_accuracy"):
+    for name in headline_keys("test_", HEADLINE):
         click.echo(f"  {name:24s} {metrics[name]:.4f}")
     gate = result.get("gate")
     if gate is not None:

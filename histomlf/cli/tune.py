@@ -25,6 +25,7 @@ from histomlf.cli.options import (
     use_experiment_name,
 )
 from histomlf.config import ConfigError, check_data_location, run_fields
+from histomlf.evaluation.metrics import HEADLINE, headline_keys
 from histomlf.tuning.settings import SearchSettings, SearchSpec, load_search, setting_names
 
 
@@ -87,7 +88,7 @@ def tune(experiment: str, experiment_name: str, resume: str, workers: int, paren
         return
     click.echo(f"search {result['run_id']}: best trial {result['best_trial_id']} "
                f"{result['objective']}={result['best_score']:.4f}  model {result['model_uri']}")
-    for name in ("test_roc_auc", "test_balanced_accuracy", "test_f1", "test_accuracy"):
+    for name in headline_keys("test_", HEADLINE):
         click.echo(f"  {name:24s} {result['metrics'][name]:.4f}")
     if result.get("gate") is not None:
         click.echo(f"  registry: {result['gate']}")

@@ -42,7 +42,7 @@ def web(model_uri: str, host: str, port: int, mlflow_ui_url: str | None,
     """Serve the web page: upload patches, a patient's zip or a whole-slide image; see P(IDC),
     Grad-CAM, the patient map, the slide's heatmap."""
     check_tracking_server()
-    from histomlf.tracking.model_card import ModelCardError, describe_model
+    from histomlf.web.model_card import ModelCardError, describe_model
 
     try:  # before TensorFlow is imported: a wrong URI fails in seconds
         card = describe_model(model_uri)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from histomlf.errors import UserError
-from histomlf.schema import ModelMetadata
+from histomlf.schema import ModelMeta
 
 PATCH_SIZE = 50
 CHANNELS = 3
@@ -58,7 +58,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 def patch_scale(patch_mpp: float) -> dict[str, str]:
     """The physical size of a model's input, as logged with every model (metadata, run params,
     registered version tags): `PATCH_SIZE` px a side at `patch_mpp` µm/px (issue 22)."""
-    return {ModelMetadata.PATCH_PX: str(PATCH_SIZE), ModelMetadata.PATCH_MPP: str(patch_mpp)}
+    return {ModelMeta.PATCH_PX: str(PATCH_SIZE), ModelMeta.PATCH_MPP: str(patch_mpp)}
 
 
 class PatchDecodeError(UserError, ValueError):

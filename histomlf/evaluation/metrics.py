@@ -26,36 +26,80 @@ from histomlf.errors import UserError
 
 @dataclass(frozen=True)
 class Metric:
-    """One metric histomlf computes: its direction and what it measures.
+    """One metric histomlf computes: its direction, what it measures and how it is shown.
 
     `classification_metrics` computes every entry, `histomlf.evaluation.bootstrap` its
     patient-bootstrap twin (`bootstrap=True` entries get `*_ci_low` / `*_ci_high`); tuning
-    objectives, the registry gate, the CLI help and the tests read names and directions here.
+    objectives, the registry gate, the CLI help and the tests read names and directions here,
+    and every table, note and page that shows metrics reads its labels and sets here.
     """
 
     name: str
     higher_is_better: bool
     summary: str
     bootstrap: bool = True
+    label: str = ""
+    """As a column or row heading (the report's results table): `Recall (sensitivity)`."""
+    short_label: str = ""
+    """In a narrow column (the report's per-patient rows): `Sens.`."""
+    prose: str = ""
+    """In a sentence (run notes, the web page's model card): `sensitivity (recall)`."""
+    headline: int = 0
+    """Rank among the headline metrics (1 first; 0: not a headline): the first `BRIEF` are
+    printed after a run and tabled per fold, the first `HEADLINE` fill run notes."""
+    tabled: bool = False
+    """A column of the report's results table and a row of the web page's model card."""
 
 
 METRICS: dict[str, Metric] = {
     entry.name: entry
     for entry in (
-        Metric("accuracy", True, "share of patches classified right"),
-        Metric("precision", True, "share of predicted IDC that is IDC"),
-        Metric("recall", True, "sensitivity: share of IDC patches found"),
-        Metric("specificity", True, "share of non-IDC patches called non-IDC"),
-        Metric("f1", True, "harmonic mean of precision and recall"),
-        Metric("balanced_accuracy", True, "mean of sensitivity and specificity"),
-        Metric("roc_auc", True, "area under the ROC curve (threshold-free ranking)"),
-        Metric("pr_auc", True, "average precision (area under the PR curve)"),
-        Metric("brier", False, "mean squared error of the probabilities"),
-        Metric("ece", False, "10-bin expected calibration error"),
-        Metric("loss", False, "log loss (binary cross-entropy)"),
+        Metric("accuracy", True, "share of patches classified right", label="Accuracy",
+               short_label="Acc.", prose="accuracy", headline=6, tabled=True),
+        Metric("precision", True, "share of predicted IDC that is IDC", label="Precision",
+               short_label="Prec.", prose="precision", tabled=True),
+        Metric("recall", True, "sensitivity: share of IDC patches found",
+               label="Recall (sensitivity)", short_label="Sens.", prose="sensitivity (recall)",
+               headline=4, tabled=True),
+        Metric("specificity", True, "share of non-IDC patches called non-IDC",
+               label="Specificity", short_label="Spec.", prose="specificity", headline=5,
+               tabled=True),
+        Metric("f1", True, "harmonic mean of precision and recall", label="F1",
+               short_label="F1", prose="F1", headline=3, tabled=True),
+        Metric("balanced_accuracy", True, "mean of sensitivity and specificity",
+               label="Balanced accuracy", short_label="Bal. acc.", prose="balanced accuracy",
+               headline=2, tabled=True),
+        Metric("roc_auc", True, "area under the ROC curve (threshold-free ranking)",
+               label="ROC-AUC", short_label="ROC-AUC", prose="ROC-AUC", headline=1,
+               tabled=True),
+        Metric("pr_auc", True, "average precision (area under the PR curve)", label="PR-AUC",
+               short_label="PR-AUC", prose="PR-AUC", tabled=True),
+        Metric("brier", False, "mean squared error of the probabilities", label="Brier score",
+               short_label="Brier", prose="Brier score"),
+        Metric("ece", False, "10-bin expected calibration error", label="ECE",
+               short_label="ECE", prose="expected calibration error"),
+        Metric("loss", False, "log loss (binary cross-entropy)", label="Log loss",
+               short_label="Loss", prose="log loss"),
     )
 }
 METRIC_NAMES = tuple(METRICS)
+TABLED = tuple(m for m in METRICS.values() if m.tabled)
+"""The results table's columns and the model card's rows, in table order."""
+BRIEF = 3
+HEADLINE = 5
+
+
+def headline_metrics(count: int = HEADLINE) -> tuple[Metric, ...]:
+    """The first `count` headline metrics, most important first."""
+    ranked = sorted((m for m in METRICS.values() if m.headline), key=lambda m: m.headline)
+    return tuple(ranked[:count])
+
+
+def headline_keys(prefix: str = "test_", count: int = BRIEF) -> tuple[str, ...]:
+    """`test_roc_auc`, `test_balanced_accuracy`, ...: the logged keys of the headline."""
+    return tuple(f"{prefix}{m.name}" for m in headline_metrics(count))
+
+
 ECE_BINS = 10
 NAN = float("nan")
 

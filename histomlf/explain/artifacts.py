@@ -1,11 +1,7 @@
 """The `explain/` folder a run logs: Grad-CAM overlays of a fixed panel and patient maps.
 
-Layout (the web page and the study report read it; keep it fixed):
-
-    explain/gradcam/<kind>_<rank>_<pid>_x<X>_y<Y>.png   kind in tp, tn, fp, fn; rank from 1
-    explain/patients/<pid>.png                          four-panel patient map
-    explain/patients/<pid>.npz                          its grids
-    explain/index.json                                  everything above, with its numbers
+Layout: `histomlf.schema.Explain` (the web page and the study report read it from there;
+Grad-CAM file names are built and parsed by `histomlf.schema.GradcamName`).
 
 The panel is chosen from the predictions alone, so two runs on the same test split show the
 same kinds of patch: the most confident true positives and true negatives, the worst false
@@ -31,10 +27,11 @@ from histomlf.explain.averaged import explainer_for
 from histomlf.explain.gradcam import SmoothGrad
 from histomlf.explain.patient_map import REQUIRED_COLUMNS, save_patient_map
 from histomlf.explain.render import HEATMAP, save_overlay
+from histomlf.schema import Explain, GradcamName
 
 INDEX_VERSION = 1
-ROOT = "explain"
-KINDS = ("tp", "tn", "fp", "fn")
+ROOT = Explain.ROOT
+KINDS = Explain.KINDS
 
 
 class ExplainError(UserError, ValueError):
@@ -108,7 +105,7 @@ def select_patients(predictions: pd.DataFrame, threshold: float, count: int = 4)
 
 
 def gradcam_name(kind: str, rank: int, patient_id: str, x: int, y: int) -> str:
-    return f"{kind}_{rank}_{patient_id}_x{x}_y{y}.png"
+    return str(GradcamName(kind, rank, patient_id, x, y))
 
 
 def write_explanations(
@@ -134,8 +131,8 @@ def write_explanations(
     root = Path(out_dir) / ROOT
     if root.exists() and any(root.iterdir()):
         raise ExplainError(f"{root} is not empty: write explanations into a fresh folder")
-    (root / "gradcam").mkdir(parents=True, exist_ok=True)
-    (root / "patients").mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / Explain.GRADCAM).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / Explain.PATIENTS).mkdir(parents=True, exist_ok=True)
 
     explainer = explainer_for(model)
     panel = select_panel(frame, threshold, patches_per_kind, seed)
@@ -149,10 +146,10 @@ def write_explanations(
             panel.itertuples(index=False), patches, maps, predicted, strict=True
         ):
             name = gradcam_name(row.kind, int(row.rank), row.patient_id, int(row.x), int(row.y))
-            save_overlay(root / "gradcam" / name, patch, cam)
+            save_overlay(Path(out_dir) / Explain.GRADCAM / name, patch, cam)
             gradcam_entries.append(
                 {
-                    "file": f"{ROOT}/gradcam/{name}",
+                    "file": f"{Explain.GRADCAM}/{name}",
                     "kind": row.kind,
                     "rank": int(row.rank),
                     "patient_id": row.patient_id,
@@ -178,14 +175,14 @@ def write_explanations(
         chosen_patients = select_patients(frame, threshold, patients)
     for chosen in chosen_patients.itertuples(index=False):
         rows = frame[frame["patient_id"] == chosen.patient_id]
-        png = root / "patients" / f"{chosen.patient_id}.png"
+        png = Path(out_dir) / Explain.patient_map(chosen.patient_id)
         summary = save_patient_map(rows, threshold, png)
         patient_entries.append(
             {
                 **summary,
                 "reason": chosen.reason,
-                "image": f"{ROOT}/patients/{png.name}",
-                "grids": f"{ROOT}/patients/{png.with_suffix('.npz').name}",
+                "image": Explain.patient_map(chosen.patient_id),
+                "grids": Explain.patient_map(chosen.patient_id, "npz"),
             }
         )
 
@@ -202,5 +199,5 @@ def write_explanations(
         "gradcam": gradcam_entries,
         "patients": patient_entries,
     }
-    (root / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (Path(out_dir) / Explain.INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return index

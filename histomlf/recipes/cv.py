@@ -13,15 +13,17 @@ import numpy as np
 import pandas as pd
 
 from histomlf.config import ConfigError, TrainConfig, check_data_location
-from histomlf.evaluation.metrics import METRIC_NAMES
+from histomlf.evaluation.metrics import BRIEF, METRIC_NAMES, headline_keys
 from histomlf.paths import cache_root
-from histomlf.tracking import artifacts, notes, runs
+from histomlf.recipes import notes
+from histomlf.schema import Artifact, RunKind, Tag
+from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
 SUMMARY_METRICS = tuple(f"test_{name}" for name in METRIC_NAMES) + tuple(
     f"test_patient_{name}" for name in METRIC_NAMES
 )
-FOLD_TABLE_METRICS = ("test_roc_auc", "test_balanced_accuracy", "test_f1")
+FOLD_TABLE_METRICS = headline_keys("test_", BRIEF)
 
 
 def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -86,7 +88,7 @@ def cross_validate(
         runs.log_config(config, extra=extra)
         runs.log_resolved_params(extra)
         runs.log_environment()
-        runs.set_tags({"histomlf.kind": "cv"})
+        runs.set_tags({Tag.KIND: RunKind.CV.value})
         data_dir, _ = resolve_data_dir(config)
         manifest = scan_to_cache(data_dir).manifest
         fold_splits = patient_kfold(
@@ -99,7 +101,7 @@ def cross_validate(
                 continue
             with runs.nested_run(
                 f"fold-{index + 1}-of-{folds}",
-                tags={"histomlf.kind": "cv-fold", "histomlf.fold": str(index)},
+                tags={Tag.KIND: RunKind.CV_FOLD.value, Tag.FOLD: str(index)},
                 params={**config.as_params(), "fold": index},
             ) as child:
                 data = prepare_data(config, split=split)
@@ -142,7 +144,7 @@ def cross_validate(
                 )
         summary = summarise_folds(fold_metrics)
         runs.log_metrics(summary)
-        runs.log_table(pd.DataFrame(rows), "cv/folds.json")
+        runs.log_table(pd.DataFrame(rows), Artifact.CV_FOLDS)
         result = {"run_id": parent.info.run_id, "summary": summary, "folds": rows}
         if final != "none":
             result["final"] = log_final(

@@ -156,7 +156,7 @@ def log_final(
     """Score, build, log and (with `register_as`) register the CV-final ensemble in a nested
     run of kind `cv-final`; returns its run id, model URI, metrics and the gate's decision."""
     from histomlf.evaluation import plots
-    from histomlf.schema import RunKind, Tag
+    from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
     from histomlf.tracking import artifacts, runs
     from histomlf.tracking.pyfunc import log_patch_classifier
 
@@ -190,7 +190,7 @@ def log_final(
                 probabilities,
                 title="Out-of-fold, before calibration",
             ),
-            "evaluation/oof_reliability_uncalibrated.png",
+            Artifact.evaluation(OOF_SPLIT, "reliability_uncalibrated"),
         )
         model = final_model(folds, scores.platt)
         info = log_patch_classifier(
@@ -198,9 +198,9 @@ def log_final(
             threshold=scores.evaluation.threshold,
             metadata={
                 **metadata,
-                "split_digest": split_digest,
-                "final": "cv-ensemble",
-                "folds": str(len(folds)),
+                ModelMeta.SPLIT_DIGEST: split_digest,
+                ModelMeta.FINAL: ModelMeta.CV_ENSEMBLE,
+                ModelMeta.FOLDS: str(len(folds)),
                 **{k: repr(v) for k, v in scores.platt.as_params().items()},
             },
         )
@@ -217,7 +217,8 @@ def log_final(
                 info.model_uri,
                 run.info.run_id,
                 name=register_as,
-                digests={"data_digest": data_digest, "split_digest": split_digest},
+                digests={ModelMeta.DATA_DIGEST: data_digest,
+                         ModelMeta.SPLIT_DIGEST: split_digest},
                 fold_runs=fold_runs,
                 patients=result["patients"],
             )
@@ -248,8 +249,8 @@ def register_final(
     """Register the ensemble; the gate compares it with a CV-final champion of the same data
     and folds by their stored out-of-fold scores (digests differ from any train run's)."""
     from histomlf.environment import git_state
-    from histomlf.schema import RunKind
-    from histomlf.tracking.notes import headline_line
+    from histomlf.evaluation.text import headline_line
+    from histomlf.schema import ModelMeta, RunKind, VersionTag
     from histomlf.tracking.registry import describe_version, register_and_gate, stored_gate_score
 
     metric = f"{OOF_SPLIT}_{config.gate_metric}"
@@ -262,11 +263,11 @@ def register_final(
         new_score=float(metrics[metric]),
         digests=digests,
         tags={
-            "model": config.model,
-            "experiment": config.experiment,
-            "kind": str(RunKind.CV_FINAL),
-            "scores": f"out-of-fold on {patients} patients",
-            "fold_runs": fold_runs,
+            ModelMeta.MODEL: config.model,
+            ModelMeta.EXPERIMENT: config.experiment,
+            VersionTag.KIND: str(RunKind.CV_FINAL),
+            VersionTag.SCORES: f"out-of-fold on {patients} patients",
+            VersionTag.FOLD_RUNS: fold_runs,
             **{k: str(v) for k, v in git_state().items()},
         },
         score_champion=lambda uri: stored_gate_score(uri, str(RunKind.CV_FINAL)),

@@ -17,6 +17,7 @@ import pandas as pd
 from histomlf.data.scan import manifest_for
 from histomlf.errors import UserError
 from histomlf.recipes.explain import explain_run
+from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.scoring import (
     keras_model_of,
@@ -47,7 +48,8 @@ def refuse_fold_ensemble_split(model_uri: str, split: str) -> None:
     its cross-validation was trained on. Only `all` (a folder of other patients) is honest."""
     from histomlf.tracking.scoring import logged_model_metadata
 
-    if split != "all" and logged_model_metadata(model_uri).get("final") == "cv-ensemble":
+    final = logged_model_metadata(model_uri).get(ModelMeta.FINAL) if split != "all" else None
+    if final == ModelMeta.CV_ENSEMBLE:
         raise UserError(
             f"{model_uri} is a cross-validation ensemble: its members together trained on every "
             f"patient of its folds, so it has no unseen {split} split; its honest scores are the "
@@ -77,7 +79,7 @@ def evaluate(
         )
         if split != "all" and split_file is None:
             raise UserError(
-                f"no split file given and {model_uri} has no logged data/split.csv; "
+                f"no split file given and {model_uri} has no logged {Artifact.SPLIT}; "
                 "pass --split-file or --split all"
             )
         rows = select_split(manifest, split, split_file)
@@ -89,10 +91,10 @@ def evaluate(
         evaluation = evaluate_splits({focus: scores}, threshold, focus=focus)
         runs.set_tags(
             {
-                "histomlf.kind": "evaluate",
-                "histomlf.model_uri": model_uri,
-                "histomlf.data_digest": digest,
-                "histomlf.split": split,
+                Tag.KIND: RunKind.EVALUATE.value,
+                Tag.MODEL_URI: model_uri,
+                Tag.DATA_DIGEST: digest,
+                Tag.SPLIT: split,
             }
         )
         runs.log_resolved_params(

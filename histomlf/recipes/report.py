@@ -42,7 +42,7 @@ def write_report(
     from histomlf.report.model import Study
     from histomlf.report.pdf import find_chromium, print_pdf
     from histomlf.report.render import write_html
-    from histomlf.tracking.report_store import ReportStore
+    from histomlf.report.store import ReportStore
 
     if pdf is not None:
         find_chromium()  # before reading anything: a missing browser is a one-line error

@@ -18,8 +18,10 @@ from histomlf.config import DATA_DIR_ENV, DEMO_EXPERIMENT, TrainConfig, check_da
 from histomlf.data.patches import patch_scale
 from histomlf.environment import git_state
 from histomlf.paths import cache_root
+from histomlf.recipes import notes
 from histomlf.recipes.explain import explain_run
-from histomlf.tracking import artifacts, notes, runs
+from histomlf.schema import ModelMeta, RunKind, Tag
+from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
 DEMO_SUFFIX = "-demo"
@@ -73,9 +75,9 @@ def resumable_work_dir(config: TrainConfig, data: Any) -> Path:
 def model_metadata(config: TrainConfig, data: Any) -> dict[str, str]:
     """What a logged model carries about its training: backbone, data and split digests."""
     return {
-        "model": config.model,
-        "data_digest": data.data_digest,
-        "split_digest": data.split_digest,
+        ModelMeta.MODEL: config.model,
+        ModelMeta.DATA_DIGEST: data.data_digest,
+        ModelMeta.SPLIT_DIGEST: data.split_digest,
         **patch_scale(config.patch_mpp),
     }
 
@@ -94,9 +96,9 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         runs.log_config(config)
         runs.log_environment()
         runs.log_resolved_params(patch_scale(config.patch_mpp))
-        runs.set_tags({"histomlf.kind": "train"})
+        runs.set_tags({Tag.KIND: RunKind.TRAIN.value})
         if config.experiment == DEMO_EXPERIMENT:
-            runs.set_tags({"histomlf.demo": "true"})
+            runs.set_tags({Tag.DEMO: "true"})
         started = time.perf_counter()
         data = prepare_data(config)
         data_seconds = time.perf_counter() - started
@@ -162,10 +164,11 @@ def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, ru
         registered_name(config, data),
         gate_metric=metric,
         new_score=float(evaluation.splits["test"].metrics[metric]),
-        digests={"data_digest": data.data_digest, "split_digest": data.split_digest},
+        digests={ModelMeta.DATA_DIGEST: data.data_digest,
+                 ModelMeta.SPLIT_DIGEST: data.split_digest},
         tags={
-            "model": config.model,
-            "experiment": config.experiment,
+            ModelMeta.MODEL: config.model,
+            ModelMeta.EXPERIMENT: config.experiment,
             **patch_scale(config.patch_mpp),
             **{k: str(v) for k, v in git_state().items()},
         },

@@ -22,9 +22,10 @@ from typing import Any
 
 from histomlf.config import check_data_location
 from histomlf.paths import cache_root
+from histomlf.recipes import notes
 from histomlf.recipes.explain import explain_run
 from histomlf.schema import Tag
-from histomlf.tracking import artifacts, notes, runs, search
+from histomlf.tracking import artifacts, runs, search
 from histomlf.tracking.probe import probe_tracking
 from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin, end_stale_trial_runs
 from histomlf.tuning import distributed
@@ -192,7 +193,7 @@ def run_worker(parent_run_id: str, *, tuner_dir: str = "", data_dir: str = "") -
     if data_dir:
         spec = SearchSpec(spec.config.replace(data_dir=data_dir), spec.settings)
     data = prepare_data(spec.config)
-    expected = parent.data.tags.get("histomlf.split_digest")
+    expected = parent.data.tags.get(Tag.SPLIT_DIGEST)
     if expected and expected != data.split_digest:
         raise SearchError(
             f"this worker's patient split ({data.split_digest}) differs from the "
@@ -224,7 +225,7 @@ def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: Search
     if not best_trials:
         raise SearchError(
             f"no trial of search {search_run.parent_run_id} completed; see the "
-            "FAILED trial runs' histomlf.error tags"
+            f"FAILED trial runs' {Tag.ERROR} tags"
         )
     best = best_trials[0]
     best_run = children.get(best.trial_id)

@@ -1,5 +1,6 @@
 """The study report: a `Study` (plain run data) in, one self-contained HTML file (and a PDF) out.
 
-Pure: nothing here imports MLflow; `histomlf.tracking.report_store` reads the runs and logs the
-report run, `histomlf report` (histomlf/cli/report.py) wires the two.
+Nothing here imports MLflow: `store` picks the runs and builds their `RunRecord`s through the
+thin queries of `histomlf.tracking.queries`, and logs the report run through them; the
+rest are pure functions of a `Study`. `histomlf report` (histomlf/cli/report.py) wires them.
 """

@@ -6,7 +6,6 @@ Pure: a `Study` in, a dict out. Numbers are the logged ones; text is written fro
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -14,16 +13,7 @@ from typing import Any
 import numpy as np
 
 from histomlf.report import figures, reproduce
-from histomlf.report.model import (
-    KIND_CV,
-    KIND_CV_FINAL,
-    KIND_FOLD,
-    KIND_TRIAL,
-    KIND_TUNE,
-    ROW_KINDS,
-    RunRecord,
-    Study,
-)
+from histomlf.report.model import RUN_FIGURES, RunRecord, Study
 from histomlf.report.results import (
     PUBLISHED_CAVEAT,
     PUBLISHED_ROWS,
@@ -35,12 +25,8 @@ from histomlf.report.results import (
     fmt,
     result_rows,
 )
+from histomlf.schema import ROW_KINDS, Artifact, Explain, GradcamName, RunKind, Tag
 
-RUN_FIGURES = (
-    ("evaluation/test_confusion_matrix.png", "Confusion matrix (test, chosen threshold)"),
-    ("evaluation/test_reliability.png", "Reliability diagram (test)"),
-    ("evaluation/training_curves.png", "Training curves"),
-)
 SPLITS = ("train", "val", "test")
 
 
@@ -78,8 +64,8 @@ def build_context(study: Study) -> dict[str, Any]:
         "methods": [methods(run) for run in top],
         "overlay": overlay(study, rows),
         "galleries": galleries(study, rows),
-        "searches": [search(study, run) for run in top if run.kind == KIND_TUNE],
-        "cvs": [cross_validation(study, run) for run in top if run.kind == KIND_CV],
+        "searches": [search(study, run) for run in top if run.kind == RunKind.TUNE],
+        "cvs": [cross_validation(study, run) for run in top if run.kind == RunKind.CV],
         "explanations": explanations(study),
         "reproduce": [reproduction(study, run) for run in top],
         "unfinished": [r for r in study.runs if not r.finished],
@@ -94,11 +80,11 @@ def counts(study: Study) -> dict[str, int]:
     kinds = Counter(r.kind for r in study.runs)
     return {
         "runs": len(study.runs),
-        "train": kinds.get("train", 0),
-        "tune": kinds.get(KIND_TUNE, 0),
-        "trials": kinds.get(KIND_TRIAL, 0),
-        "cv": kinds.get(KIND_CV, 0),
-        "folds": kinds.get(KIND_FOLD, 0),
+        "train": kinds.get(RunKind.TRAIN, 0),
+        "tune": kinds.get(RunKind.TUNE, 0),
+        "trials": kinds.get(RunKind.TUNE_TRIAL, 0),
+        "cv": kinds.get(RunKind.CV, 0),
+        "folds": kinds.get(RunKind.CV_FOLD, 0),
         "unfinished": sum(not r.finished for r in study.runs),
     }
 
@@ -121,7 +107,7 @@ def summary(study: Study, rows: list[Row]) -> str:
     else:
         auc, bac = best.cell("roc_auc"), best.cell("balanced_accuracy")
         what = f"{best.label} ({best.detail})"
-        if best.kind == KIND_CV:
+        if best.kind == RunKind.CV:
             parts.append(
                 f"The best model by test ROC-AUC is {what}: over its folds, every patient tested "
                 f"once, ROC-AUC {fmt(auc.value)} {auc.detail} and balanced accuracy "
@@ -154,12 +140,12 @@ def datasets(study: Study) -> list[dict[str, Any]]:
     """One entry per dataset digest: its scan facts and the runs that used it."""
     found: dict[str, dict[str, Any]] = {}
     for run in study.runs:
-        digest = run.tags.get("histomlf.data_digest", "")
+        digest = run.tags.get(Tag.DATA_DIGEST, "")
         if not digest:
             continue
         entry = found.setdefault(digest, {"digest": digest, "scan": {}, "runs": []})
         entry["runs"].append(run)
-        scan = run.documents.get("data/scan.json")
+        scan = run.documents.get(Artifact.SCAN)
         if scan and not entry["scan"]:
             entry["scan"] = scan
             entry["scan_run"] = run
@@ -170,7 +156,7 @@ def split_rows(study: Study) -> list[dict[str, Any]]:
     """Patients / patches / positives per split for every run that made a split."""
     rows = []
     for run in study.runs:
-        if run.kind == KIND_TRIAL or "test_patches" not in run.params:
+        if run.kind == RunKind.TUNE_TRIAL or "test_patches" not in run.params:
             continue
         counts_ = {
             split: {
@@ -180,15 +166,15 @@ def split_rows(study: Study) -> list[dict[str, Any]]:
             for split in SPLITS
         }
         how = "patient-level split, stratified by IDC share"
-        if run.kind == KIND_FOLD:
-            how = f"fold {run.tags.get('histomlf.fold', '?')} of a patient k-fold"
+        if run.kind == RunKind.CV_FOLD:
+            how = f"fold {run.tags.get(Tag.FOLD, '?')} of a patient k-fold"
         rows.append({
             "run": run,
             "how": how,
             "seed": run.setting("seed"),
             "fractions": f"val {run.setting('val_fraction')} / test {run.setting('test_fraction')}",
             "max_samples": run.setting("max_samples"),
-            "split_digest": run.tags.get("histomlf.split_digest", ""),
+            "split_digest": run.tags.get(Tag.SPLIT_DIGEST, ""),
             "counts": counts_,
         })
     return rows
@@ -210,7 +196,7 @@ def _phases(run: RunRecord) -> str:
 
 def methods(run: RunRecord) -> dict[str, Any]:
     """How one run trained, in the words a methods section uses."""
-    facts = run.documents.get("environment/facts.json") or {}
+    facts = run.documents.get(Artifact.ENVIRONMENT) or {}
     packages: Mapping[str, str] = facts.get("packages", {})
     environment = ", ".join(
         [f"Python {facts['python']}"] if "python" in facts else []
@@ -222,10 +208,10 @@ def methods(run: RunRecord) -> dict[str, Any]:
     if threshold is not None:
         policy += f" → {threshold:.3f} (chosen on validation)"
     tuned = ""
-    best = run.documents.get("search/best.json")
-    if run.kind == KIND_TUNE and best:
+    best = run.documents.get(Artifact.BEST_TRIAL)
+    if run.kind == RunKind.TUNE and best:
         tuned = ", ".join(f"{k}={v}" for k, v in sorted(best.get("hyperparameters", {}).items()))
-    elif run.kind == KIND_CV:
+    elif run.kind == RunKind.CV:
         tuned = f"{run.setting('folds')} patient folds"
     return {
         "run": run,
@@ -240,10 +226,10 @@ def methods(run: RunRecord) -> dict[str, Any]:
         "augment": run.setting("augment"),
         "balance": run.setting("balance"),
         "threshold": policy,
-        "devices": run.tags.get("histomlf.devices", "–"),
+        "devices": run.tags.get(Tag.DEVICES, "–"),
         "environment": environment or "–",
-        "commit": run.tags.get("histomlf.git_commit", ""),
-        "dirty": run.tags.get("histomlf.git_dirty", "") == "true",
+        "commit": run.tags.get(Tag.GIT_COMMIT, ""),
+        "dirty": run.tags.get(Tag.GIT_DIRTY, "") == "true",
         "extra": tuned,
     }
 
@@ -251,7 +237,7 @@ def methods(run: RunRecord) -> dict[str, Any]:
 # ---- figures ------------------------------------------------------------------------------
 def _curve(study: Study, row: Row) -> figures.Curve | None:
     frames = []
-    if row.kind == KIND_CV:
+    if row.kind == RunKind.CV:
         frames = [f.predictions for f in study.children(row.run.run_id)
                   if f.finished and f.predictions is not None]
     elif row.run.predictions is not None:
@@ -260,7 +246,7 @@ def _curve(study: Study, row: Row) -> figures.Curve | None:
         return None
     labels = np.concatenate([f["label"].to_numpy() for f in frames])
     probabilities = np.concatenate([f["probability"].to_numpy() for f in frames])
-    suffix = " (folds pooled)" if row.kind == KIND_CV else ""
+    suffix = " (folds pooled)" if row.kind == RunKind.CV else ""
     return figures.Curve(row.label + suffix, labels, probabilities)
 
 
@@ -309,9 +295,9 @@ def _space_rows(space: Any) -> list[tuple[str, str]]:
 
 def search(study: Study, run: RunRecord) -> dict[str, Any]:
     """A tuning search: its leaderboard (trial runs linked), space, winner and chart."""
-    columns, data = _table(run.documents.get("search/leaderboard.json"))
-    objective = run.tags.get("histomlf.objective", run.setting("objective"))
-    best_trial = run.tags.get("histomlf.best_trial_id", "")
+    columns, data = _table(run.documents.get(Artifact.LEADERBOARD_TABLE))
+    objective = run.tags.get(Tag.OBJECTIVE, run.setting("objective"))
+    best_trial = run.tags.get(Tag.BEST_TRIAL_ID, "")
     trials = {r.run_id: r for r in study.children(run.run_id)}
     chart = ""
     if "trial" in columns and objective in columns:
@@ -324,13 +310,13 @@ def search(study: Study, run: RunRecord) -> dict[str, Any]:
     return {
         "run": run,
         "objective": objective,
-        "tuner": run.tags.get("histomlf.tuner", run.setting("tuner")),
+        "tuner": run.tags.get(Tag.TUNER, run.setting("tuner")),
         "best_trial": best_trial,
-        "best_run_id": run.tags.get("histomlf.best_run_id", ""),
+        "best_run_id": run.tags.get(Tag.BEST_RUN_ID, ""),
         "columns": columns,
         "data": data,
         "trials": trials,
-        "space": _space_rows(run.documents.get("search/space.yaml")),
+        "space": _space_rows(run.documents.get(Artifact.SEARCH_SPACE)),
         "chart": chart,
         "counts": {k: run.metrics.get(f"trials_{k}") for k in ("total", "completed", "failed")},
     }
@@ -339,9 +325,9 @@ def search(study: Study, run: RunRecord) -> dict[str, Any]:
 def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
     """A CV parent: per-fold rows (from the fold runs) and the mean ± sd chart."""
     children = study.children(run.run_id)
-    folds = sorted((c for c in children if c.kind == KIND_FOLD),
-                   key=lambda r: int(r.tags.get("histomlf.fold", 0)))
-    final = next((c for c in children if c.kind == KIND_CV_FINAL), None)
+    folds = sorted((c for c in children if c.kind == RunKind.CV_FOLD),
+                   key=lambda r: int(r.tags.get(Tag.FOLD, 0)))
+    final = next((c for c in children if c.kind == RunKind.CV_FINAL), None)
     names = [name for name, _ in TABLE_METRICS]
     means = [run.metrics.get(f"test_{n}_mean") for n in names]
     sds = [run.metrics.get(f"test_{n}_sd", 0.0) for n in names]
@@ -356,32 +342,29 @@ def cross_validation(study: Study, run: RunRecord) -> dict[str, Any]:
 
 
 # ---- explanations -------------------------------------------------------------------------
-GRADCAM_NAME = re.compile(r"(?P<kind>[a-z]+)_(?P<rank>\d+)_(?P<pid>[^_]+)_x(?P<x>\d+)_y(?P<y>\d+)")
-
-
 def explain_caption(path: str) -> str:
     """`explain/gradcam/tp_1_8863_x1_y51.png` -> `Grad-CAM TP #1: patient 8863, patch (1, 51)`."""
     name = path.rsplit("/", 1)[-1].removesuffix(".png")
-    if path.startswith("explain/patients/"):
+    if path.startswith(Explain.PATIENTS + "/"):
         return f"Patient map: patient {name}"
-    match = GRADCAM_NAME.fullmatch(name)
-    if path.startswith("explain/gradcam/") and match:
-        return (f"Grad-CAM {match['kind'].upper()} #{match['rank']}: patient {match['pid']}, "
-                f"patch ({match['x']}, {match['y']})")
-    return path.removeprefix("explain/")
+    parsed = GradcamName.parse(path)
+    if path.startswith(Explain.GRADCAM + "/") and parsed:
+        return (f"Grad-CAM {parsed.kind.upper()} #{parsed.rank}: patient {parsed.patient_id}, "
+                f"patch ({parsed.x}, {parsed.y})")
+    return path.removeprefix(Explain.ROOT + "/")
 
 
 def explanations(study: Study) -> list[dict[str, Any]]:
     """Grad-CAM panels and patient maps of runs that logged `explain/index.json`."""
     out = []
     for run in study.runs:
-        if "explain/index.json" not in run.documents:
+        if Explain.INDEX not in run.documents:
             continue
         images = [
             {"path": path, "caption": explain_caption(path),
              "uri": figures.png_data_uri(png)}
             for path, png in sorted(run.images.items())
-            if path.startswith("explain/")
+            if path.startswith(Explain.ROOT + "/")
         ]
         if images:
             out.append({"run": run, "images": images})
@@ -391,11 +374,11 @@ def explanations(study: Study) -> list[dict[str, Any]]:
 # ---- reproduce ----------------------------------------------------------------------------
 def reproduction(study: Study, run: RunRecord) -> dict[str, Any]:
     """A run's rerun command, the digests its rerun must match, and its commit."""
-    digests = {run.tags.get("histomlf.data_digest", "")} - {""}
+    digests = {run.tags.get(Tag.DATA_DIGEST, "")} - {""}
     source = run
-    if run.kind == KIND_CV and not digests:  # the parent logs none; its folds do
-        folds = [f for f in study.children(run.run_id) if f.tags.get("histomlf.data_digest")]
-        digests = {f.tags["histomlf.data_digest"] for f in folds}
+    if run.kind == RunKind.CV and not digests:  # the parent logs none; its folds do
+        folds = [f for f in study.children(run.run_id) if f.tags.get(Tag.DATA_DIGEST)]
+        digests = {f.tags[Tag.DATA_DIGEST] for f in folds}
         source = folds[0] if folds else run
     return {
         "run": run,
@@ -403,10 +386,10 @@ def reproduction(study: Study, run: RunRecord) -> dict[str, Any]:
         "checkout": reproduce.checkout_command(run),
         "command": reproduce.mlflow_run_command(run),
         "data_digest": ", ".join(sorted(digests)),
-        "split_digest": run.tags.get("histomlf.split_digest", ""),
-        "commit": run.tags.get("histomlf.git_commit", ""),
-        "dirty": run.tags.get("histomlf.git_dirty", "") == "true",
-        "space": run.kind == KIND_TUNE,
+        "split_digest": run.tags.get(Tag.SPLIT_DIGEST, ""),
+        "commit": run.tags.get(Tag.GIT_COMMIT, ""),
+        "dirty": run.tags.get(Tag.GIT_DIRTY, "") == "true",
+        "space": run.kind == RunKind.TUNE,
     }
 
 
@@ -417,5 +400,6 @@ def others(study: Study) -> list[RunRecord]:
         r for r in study.runs
         if r.finished
         and r.kind not in ROW_KINDS
-        and not (r.kind in (KIND_TRIAL, KIND_FOLD, KIND_CV_FINAL) and r.parent_id in ids)
+        and not (r.kind in (RunKind.TUNE_TRIAL, RunKind.CV_FOLD, RunKind.CV_FINAL)
+                 and r.parent_id in ids)
     ]

@@ -1,8 +1,8 @@
 """The plain data a study report is made from: one `RunRecord` per MLflow run, no MLflow types.
 
-`histomlf.tracking.report_store` fills these from a tracking store; everything else in
-`histomlf.report` is a pure function of them, so the report can be tested and re-rendered
-without a store.
+`histomlf.report.store` fills these from a tracking store (through the thin queries of
+`histomlf.tracking.queries`); everything else in `histomlf.report` is a pure function of
+them, so the report can be tested and re-rendered without a store.
 """
 
 from __future__ import annotations
@@ -13,17 +13,33 @@ from typing import Any
 
 import pandas as pd
 
+from histomlf.schema import Artifact, Explain, Tag
+
 FINISHED = "FINISHED"
 
-KIND_TRAIN = "train"
-KIND_TUNE = "tune"
-KIND_TRIAL = "tune-trial"
-KIND_CV = "cv"
-KIND_FOLD = "cv-fold"
-KIND_CV_FINAL = "cv-final"
-KIND_REPORT = "report"
-ROW_KINDS = (KIND_TRAIN, KIND_TUNE, KIND_CV)
-"""Kinds that become rows of the results table; trials and folds get sections of their own."""
+# What the report reads of each run (`histomlf.report.store` fetches exactly these).
+RUN_FIGURES = (
+    (Artifact.evaluation("test", "confusion_matrix"), "Confusion matrix (test, chosen threshold)"),
+    (Artifact.evaluation("test", "reliability"), "Reliability diagram (test)"),
+    (Artifact.TRAINING_CURVES, "Training curves"),
+)
+"""The per-run figures of the report's gallery, with their captions."""
+DOCUMENTS = (
+    Artifact.SCAN,
+    Artifact.ENVIRONMENT,
+    Artifact.evaluation("test", "confusion_matrix", "json"),
+    Artifact.BEST_TRIAL,
+    Artifact.LEADERBOARD_TABLE,
+    Artifact.SEARCH_SPACE,
+    Artifact.CV_FOLDS,
+    Explain.INDEX,
+)
+"""JSON/YAML artifacts parsed into `RunRecord.documents`."""
+IMAGES = tuple(path for path, _ in RUN_FIGURES)
+PREDICTIONS = Artifact.predictions("test")
+EXPLAIN_FOLDERS = {Explain.GRADCAM: 12, Explain.PATIENTS: 6}
+"""Explanation figures shown per run, at most this many per folder (keeps the file small)."""
+
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,7 @@ class RunRecord:
 
     def setting(self, key: str, default: str = "") -> str:
         """The value that ran: `histomlf.resolved.<key>` where present, else the param."""
-        return self.tags.get(f"histomlf.resolved.{key}", self.params.get(key, default))
+        return self.tags.get(Tag.resolved(key), self.params.get(key, default))
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,23 @@ import jinja2
 
 from histomlf.report.content import build_context
 from histomlf.report.model import Study
+from histomlf.schema import Artifact, Explain, RunKind, Tag
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    """Jinja2 with the run record's names (`Tag`, `Artifact`, `RunKind`) as globals, so the
+    template's tag keys and artifact paths come from `histomlf.schema`, never typed there."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.globals.update(Tag=Tag, Artifact=Artifact, Explain=Explain, RunKind=RunKind)
+    return env
 
 
 def render_html(study: Study) -> str:

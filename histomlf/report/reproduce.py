@@ -12,13 +12,14 @@ import dataclasses
 import shlex
 
 from histomlf.config import verb_fields
-from histomlf.report.model import KIND_CV, KIND_TUNE, RunRecord
+from histomlf.report.model import RunRecord
+from histomlf.schema import RunKind, Tag
 from histomlf.tuning.settings import SearchSettings
 
 SEARCH_KEYS = tuple(
     f.name for f in dataclasses.fields(SearchSettings) if f.name not in ("space", "extra")
 )
-ENTRY_POINTS = {KIND_TUNE: "tune", KIND_CV: "cv"}
+ENTRY_POINTS = {RunKind.TUNE: "tune", RunKind.CV: "cv"}
 FIRST = ("experiment", "data_dir")
 
 
@@ -26,9 +27,9 @@ def settings(run: RunRecord) -> dict[str, str]:
     """The settings a rerun needs, in command order; empty values are left out (unset)."""
     verb = ENTRY_POINTS.get(run.kind, "train")
     keys = [*FIRST, *(k for k in verb_fields(verb) if k not in FIRST)]
-    if run.kind == KIND_TUNE:
+    if run.kind == RunKind.TUNE:
         keys += SEARCH_KEYS
-    if run.kind == KIND_CV:
+    if run.kind == RunKind.CV:
         keys.append("folds")
     values = {key: run.setting(key) for key in keys}
     return {key: value for key, value in values.items() if value != ""}
@@ -44,5 +45,5 @@ def mlflow_run_command(run: RunRecord) -> str:
 
 
 def checkout_command(run: RunRecord) -> str:
-    commit = run.tags.get("histomlf.git_commit", "")
+    commit = run.tags.get(Tag.GIT_COMMIT, "")
     return f"git checkout {commit}" if commit else ""

@@ -10,23 +10,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from histomlf.report.model import KIND_CV, KIND_TRAIN, KIND_TUNE, RunRecord, Study
+from histomlf.evaluation.metrics import TABLED
+from histomlf.report.model import RunRecord, Study
+from histomlf.schema import RunKind, Tag
 
-TABLE_METRICS = (
-    ("accuracy", "Accuracy"),
-    ("precision", "Precision"),
-    ("recall", "Recall (sensitivity)"),
-    ("specificity", "Specificity"),
-    ("f1", "F1"),
-    ("balanced_accuracy", "Balanced accuracy"),
-    ("roc_auc", "ROC-AUC"),
-    ("pr_auc", "PR-AUC"),
-)
-"""Columns of the results table, in the order the original study's tables use where it can."""
+TABLE_METRICS = tuple((m.name, m.label) for m in TABLED)
+"""Columns of the results table (`Metric.tabled`, labels from the metric table)."""
 METRIC_ORDER = tuple(name for name, _ in TABLE_METRICS)
-SHORT_LABELS = {"accuracy": "Acc.", "precision": "Prec.", "recall": "Sens.", "specificity": "Spec.",
-                "f1": "F1", "balanced_accuracy": "Bal. acc.", "roc_auc": "ROC-AUC",
-                "pr_auc": "PR-AUC"}
+SHORT_LABELS = {m.name: m.short_label for m in TABLED}
 
 PUBLISHED_SOURCE = "The classic study's published test numbers: random patch-level split"
 PUBLISHED_ROWS = (
@@ -144,19 +135,19 @@ def result_rows(study: Study) -> list[Row]:
         if not run.finished or run.parent_id:
             continue
         backbone = run.setting("model") or "?"
-        if run.kind == KIND_TRAIN:
+        if run.kind == RunKind.TRAIN:
             rows.append(Row(run, run.kind, run.name, f"train · {backbone}",
                             _single_cells(run, "test_", True), _single_cells(run, "test_patient_",
                                                                               False),
                             run.params.get("test_patients", "")))
-        elif run.kind == KIND_TUNE:
-            trial = run.tags.get("histomlf.best_trial_id", "?")
+        elif run.kind == RunKind.TUNE:
+            trial = run.tags.get(Tag.BEST_TRIAL_ID, "?")
             rows.append(Row(run, run.kind, run.name,
                             f"search winner · trial {trial} · {backbone}",
                             _single_cells(run, "test_", True),
                             _single_cells(run, "test_patient_", False),
                             run.params.get("test_patients", "")))
-        elif run.kind == KIND_CV:
+        elif run.kind == RunKind.CV:
             folds = run.params.get("folds", "?")
             rows.append(Row(run, run.kind, run.name,
                             f"cross-validation · {folds} folds, mean ± sd · {backbone}",

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from histomlf.data.patches import to_rgb_array
+from histomlf.errors import UserError
 
 # Levels within this relative tolerance of the model's µm/px count as "at the model's scale"
 # (scanners write 0.2527 for 0.25; OpenSlide computes downsamples like 4.016 for 4).
@@ -30,8 +31,9 @@ SLIDE_SUFFIXES = (
 _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
 
 
-class SlideError(ValueError):
-    """A slide that cannot be scored as asked; the message is one line saying why and what to do."""
+class SlideError(UserError, ValueError):
+    """A slide that cannot be scored as asked; the message is one line saying why and what to do
+    (a `UserError`: the CLI shows it as one line, not a traceback)."""
 
 
 def open_slide(path: str | Path):

@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 
+from histomlf.schema import EVALUATION_FIGURES, Artifact, Explain, Tag
 from histomlf.tracking import runs
 
 
@@ -27,30 +28,28 @@ def log_evaluation(
     focus, threshold = evaluation.focus, evaluation.threshold
     main = evaluation.focused
     labels, probabilities = main.labels, main.probabilities
-    runs.log_json(
-        confusion(labels, probabilities, threshold), f"evaluation/{focus}_confusion_matrix.json"
-    )
-    figures = {
-        "confusion_matrix": plots.plot_confusion_matrix(labels, probabilities, threshold),
-        "roc": plots.plot_roc_curve(labels, probabilities, threshold),
-        "pr": plots.plot_pr_curve(labels, probabilities, threshold),
-        "reliability": plots.plot_reliability_diagram(labels, probabilities),
-    }
+    runs.log_json(confusion(labels, probabilities, threshold),
+                  Artifact.evaluation(focus, "confusion_matrix", "json"))
+    figures = dict(zip(EVALUATION_FIGURES, (
+        plots.plot_confusion_matrix(labels, probabilities, threshold),
+        plots.plot_roc_curve(labels, probabilities, threshold),
+        plots.plot_pr_curve(labels, probabilities, threshold),
+        plots.plot_reliability_diagram(labels, probabilities),
+    ), strict=True))
     for name, figure in figures.items():
-        runs.log_figure(figure, f"evaluation/{focus}_{name}.png")
+        runs.log_figure(figure, Artifact.evaluation(focus, name))
     if history is not None:
         runs.log_figure(
-            plots.plot_training_curves(history, phases=phases), "evaluation/training_curves.png"
+            plots.plot_training_curves(history, phases=phases), Artifact.TRAINING_CURVES
         )
     for split, scores in evaluation.splits.items():
         if split != "train":  # train scores are a capped sample: metrics only
             runs.log_frame(
-                scores.predictions_frame(threshold), f"predictions/{split}_predictions.csv"
+                scores.predictions_frame(threshold), Artifact.predictions(split)
             )
-    runs.log_frame(evaluation.patient_table, f"predictions/{focus}_patients.csv")
-    runs.log_json(
-        {k: list(v) for k, v in evaluation.ci.items()}, f"evaluation/{focus}_bootstrap_ci.json"
-    )
+    runs.log_frame(evaluation.patient_table, Artifact.patients(focus))
+    runs.log_json({k: list(v) for k, v in evaluation.ci.items()},
+                  Artifact.evaluation(focus, "bootstrap_ci", "json"))
 
 
 def log_explanations(folder: Any, index: dict[str, Any]) -> None:
@@ -60,13 +59,13 @@ def log_explanations(folder: Any, index: dict[str, Any]) -> None:
 
     from PIL import Image
 
-    root = Path(folder) / "explain"
-    mlflow.log_artifacts(str(root), "explain")
+    root = Path(folder) / Explain.ROOT
+    mlflow.log_artifacts(str(root), Explain.ROOT)
     for entry in index.get("gradcam", []):
         with Image.open(Path(folder) / entry["file"]) as image:
             mlflow.log_image(
                 image.convert("RGB"),
-                key=f"gradcam/{entry['kind']}_{entry['rank']}",
+                key=Explain.image_key(entry["kind"], entry["rank"]),
                 step=0,
                 synchronous=True,
             )
@@ -77,8 +76,8 @@ def log_data(data: Any) -> None:
     runs.log_dataset(
         data.manifest, source=str(data.data_dir), digest=data.data_digest, name="idc-manifest"
     )
-    runs.log_frame(data.split, "data/split.csv")
-    runs.log_json(data.scan_stats, "data/scan.json")
+    runs.log_frame(data.split, Artifact.SPLIT)
+    runs.log_json(data.scan_stats, Artifact.SCAN)
     counts = {
         f"{name}_{what}": value
         for name, rows in data.rows.items()
@@ -91,10 +90,10 @@ def log_data(data: Any) -> None:
     mlflow.log_params(counts)
     mlflow.set_tags(
         {
-            "histomlf.data_digest": data.data_digest,
-            "histomlf.split_digest": data.split_digest,
-            "histomlf.data_source": data.data_source,
-            "histomlf.data_dir": str(data.data_dir),
+            Tag.DATA_DIGEST: data.data_digest,
+            Tag.SPLIT_DIGEST: data.split_digest,
+            Tag.DATA_SOURCE: data.data_source,
+            Tag.DATA_DIR: str(data.data_dir),
         }
     )
 
@@ -109,16 +108,16 @@ def close_crashed_attempts(work_id: str, run_id: str) -> None:
 
     They are linked to the run that resumes their work (`histomlf.resumed_by`).
     """
-    mlflow.set_tag("histomlf.work_id", work_id)
+    mlflow.set_tag(Tag.WORK_ID, work_id)
     client = mlflow.MlflowClient()
     experiment_id = mlflow.get_run(run_id).info.experiment_id
     crashed = client.search_runs(
         [experiment_id],
-        f"tags.`histomlf.work_id` = '{work_id}' and attributes.status = 'RUNNING'",
+        f"tags.`{Tag.WORK_ID}` = '{work_id}' and attributes.status = 'RUNNING'",
     )
     for earlier in crashed:
         if earlier.info.run_id != run_id:
-            client.set_tag(earlier.info.run_id, "histomlf.resumed_by", run_id)
+            client.set_tag(earlier.info.run_id, Tag.RESUMED_BY, run_id)
             client.set_terminated(earlier.info.run_id, status="KILLED")
 
 
@@ -131,4 +130,4 @@ def backfill_epochs(fit_result: Any, logged_steps: set[int]) -> None:
             continue
         values = {metric_key(k): v[index] for k, v in fit_result.history.items() if index < len(v)}
         mlflow.log_metrics(values, step=epoch)
-    mlflow.set_tag("histomlf.resumed", "true")
+    mlflow.set_tag(Tag.RESUMED, "true")

@@ -17,7 +17,9 @@ import os
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-PROBE_ARTIFACT = "probe/ok.txt"
+from histomlf.schema import Artifact
+
+PROBE_ARTIFACT = Artifact.PROBE
 
 
 class TrackingUnavailable(RuntimeError):

@@ -1,12 +1,10 @@
-"""The model registry: register each trained model, and gate who becomes `champion`.
+"""The model registry's MLflow calls: register each trained model, apply the gate, move aliases.
 
 Aliases, not stages (deprecated in MLflow 3). `models:/NAME@champion` is what gets served;
-`challenger` marks the latest model that was registered but not promoted. A new version takes
-`champion` automatically only when the comparison is fair: the current champion is re-scored
-on the same data and the same patient split (equal `data_digest` and `split_digest` tags) and
-the new score is strictly better. Across different data or splits the numbers are not
-comparable, so the new version waits as `challenger` with a `gate_reason` and a human decides
-(`promote`). Every decision is written on the version as tags, so the registry explains itself.
+`challenger` marks the latest model that was registered but not promoted. Who becomes champion
+is the gate's policy, a pure function (`histomlf.evaluation.gate.decide`); this module reads
+what it needs from the registry, writes its verdict on the version as tags (`gate_reason`...),
+so the registry explains itself, and offers `promote` / `demote` for the human decisions.
 """
 
 from __future__ import annotations
@@ -23,35 +21,17 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from histomlf.evaluation.metrics import UnknownMetricError, metric_named
-from histomlf.tracking.notes import version_description
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-DIGEST_KEYS = ("data_digest", "split_digest")
-GIT_COMMIT_TAG = "git_commit"
-_RUN_GIT_TAG = "mlflow.source.git.commit"
-
-_METRIC_PREFIXES = ("test_", "val_", "eval_")
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be done (unknown model, version or alias); one line."""
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """What the gate did with a new version, and why (also written on the version as tags)."""
-
-    name: str
-    version: str
-    alias: str
-    promoted: bool
-    reason: str
-    gate_metric: str
-    new_score: float
-    champion_version: str | None = None
-    champion_score: float | None = None
+from histomlf.evaluation.gate import (
+    CHALLENGER,
+    CHAMPION,
+    DIGEST_KEYS,
+    GateDecision,
+    RegistryError,
+    decide,
+    higher_is_better,
+    version_description,
+)
+from histomlf.schema import MlflowTag, VersionTag
 
 
 @dataclass(frozen=True)
@@ -65,22 +45,6 @@ class VersionInfo:
     run_id: str | None
     source: str
     tags: dict[str, str] = field(default_factory=dict)
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of a gate metric (`test_`/`val_`/`eval_` prefixes allowed) from the metric
-    table; an unknown name is a `RegistryError`."""
-    try:
-        return metric_named(metric, _METRIC_PREFIXES).higher_is_better
-    except UnknownMetricError as error:
-        raise RegistryError(f"unknown gate metric {metric!r}: {error}") from None
-
-
-def is_better(metric: str, new: float, old: float) -> bool:
-    """Strictly better in the metric's direction; NaN is never better."""
-    if math.isnan(new) or math.isnan(old):
-        return False
-    return new > old if higher_is_better(metric) else new < old
 
 
 def register_and_gate(
@@ -112,12 +76,12 @@ def register_and_gate(
     version_tags = {
         **{key: str(value) for key, value in tags.items()},
         **{key: str(digests[key]) for key in DIGEST_KEYS},
-        "gate_metric": gate_metric,
-        "gate_score": repr(float(new_score)),
+        VersionTag.GATE_METRIC: gate_metric,
+        VersionTag.GATE_SCORE: repr(float(new_score)),
     }
     if run_id:
-        version_tags["run_id"] = run_id
-    version_tags.setdefault(GIT_COMMIT_TAG, _run_git_commit(client, run_id))
+        version_tags[VersionTag.RUN_ID] = run_id
+    version_tags.setdefault(VersionTag.GIT_COMMIT, _run_git_commit(client, run_id))
     registered = mlflow.register_model(model_uri, name, tags=version_tags)
     version = str(registered.version)
 
@@ -125,14 +89,14 @@ def register_and_gate(
         client, name, version, gate_metric, float(new_score), digests, score_champion
     )
     gate_tags = {
-        "gate_decision": decision.alias,
-        "gate_reason": decision.reason,
-        "gated_at": _now(),
+        VersionTag.GATE_DECISION: decision.alias,
+        VersionTag.GATE_REASON: decision.reason,
+        VersionTag.GATED_AT: _now(),
     }
     if decision.champion_version is not None:
-        gate_tags["gate_champion_version"] = decision.champion_version
+        gate_tags[VersionTag.GATE_CHAMPION_VERSION] = decision.champion_version
     if decision.champion_score is not None:
-        gate_tags["gate_champion_score"] = repr(decision.champion_score)
+        gate_tags[VersionTag.GATE_CHAMPION_SCORE] = repr(decision.champion_score)
     for key, value in gate_tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(
@@ -156,55 +120,13 @@ def _decide(
     digests: Mapping[str, str],
     score_champion: Callable[[str], float],
 ) -> GateDecision:
-    def decide(
-        promoted: bool, reason: str, champion: str | None = None, score: float | None = None
-    ) -> GateDecision:
-        alias = CHAMPION if promoted else CHALLENGER
-        return GateDecision(name, version, alias, promoted, reason, metric, new_score, champion,
-                            score)  # fmt: skip
-
+    """The gate's verdict (`histomlf.evaluation.gate.decide`) on what the registry holds."""
     champion_version = _aliases(client, name).get(CHAMPION)
-    if math.isnan(new_score):
-        return decide(False, f"new {metric} is NaN", champion_version)
-    if champion_version is None:
-        return decide(True, f"no champion yet: first gated version ({metric} {new_score:.6g})")
-    champion = client.get_model_version(name, champion_version)
-    differing = [key for key in DIGEST_KEYS if champion.tags.get(key) != str(digests[key])]
-    if differing:
-        details = "; ".join(
-            f"{key} champion {champion.tags.get(key, '(none)')} vs new {digests[key]}"
-            for key in differing
-        )
-        return decide(
-            False,
-            f"not compared with champion v{champion_version}: different {', '.join(differing)} "
-            f"({details}); scores on other data are not comparable, promote by hand",
-            champion_version,
-        )
-    try:
-        champion_score = float(score_champion(f"models:/{name}/{champion_version}"))
-    except Exception as error:  # noqa: BLE001 - any failure keeps the champion in place
-        return decide(
-            False,
-            f"could not re-score champion v{champion_version}: {type(error).__name__}: {error}",
-            champion_version,
-        )
-    direction = "higher" if higher_is_better(metric) else "lower"
-    if is_better(metric, new_score, champion_score):
-        return decide(
-            True,
-            f"{metric} {new_score:.6g} beats champion v{champion_version}'s {champion_score:.6g} "
-            f"on the same split ({direction} is better)",
-            champion_version,
-            champion_score,
-        )
-    return decide(
-        False,
-        f"{metric} {new_score:.6g} does not beat champion v{champion_version}'s "
-        f"{champion_score:.6g} on the same split ({direction} is better)",
-        champion_version,
-        champion_score,
-    )
+    champion_tags: Mapping[str, str] = {}
+    if champion_version is not None and not math.isnan(new_score):
+        champion_tags = dict(client.get_model_version(name, champion_version).tags)
+    return decide(name, version, metric, new_score, digests, champion_version, champion_tags,
+                  score_champion)
 
 
 def list_versions(name: str) -> list[VersionInfo]:
@@ -243,15 +165,15 @@ def promote(
     previous = aliases.get(CHAMPION)
     when, who = _now(), by or _user()
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promoted_by", who)
-    client.set_model_version_tag(name, version, "promoted_at", when)
+    client.set_model_version_tag(name, version, VersionTag.PROMOTED_BY, who)
+    client.set_model_version_tag(name, version, VersionTag.PROMOTED_AT, when)
     if reason:
-        client.set_model_version_tag(name, version, "promotion_reason", reason)
+        client.set_model_version_tag(name, version, VersionTag.PROMOTION_REASON, reason)
     if aliases.get(CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
     if previous is not None and previous != version:
-        client.set_model_version_tag(name, previous, "replaced_by", version)
-        client.set_model_version_tag(name, previous, "replaced_at", when)
+        client.set_model_version_tag(name, previous, VersionTag.REPLACED_BY, version)
+        client.set_model_version_tag(name, previous, VersionTag.REPLACED_AT, when)
         return previous
     return None
 
@@ -265,9 +187,9 @@ def demote(name: str, alias: str = CHAMPION, *, by: str | None = None) -> str:
         raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {held})")
     version = aliases[alias]
     client.delete_registered_model_alias(name, alias)
-    client.set_model_version_tag(name, version, "demoted_from", alias)
-    client.set_model_version_tag(name, version, "demoted_by", by or _user())
-    client.set_model_version_tag(name, version, "demoted_at", _now())
+    client.set_model_version_tag(name, version, VersionTag.DEMOTED_FROM, alias)
+    client.set_model_version_tag(name, version, VersionTag.DEMOTED_BY, by or _user())
+    client.set_model_version_tag(name, version, VersionTag.DEMOTED_AT, _now())
     return version
 
 
@@ -306,7 +228,7 @@ def _run_git_commit(client: MlflowClient, run_id: str | None) -> str:
     if not run_id:
         return "unknown"
     try:
-        return client.get_run(run_id).data.tags.get(_RUN_GIT_TAG, "unknown")
+        return client.get_run(run_id).data.tags.get(MlflowTag.GIT_COMMIT, "unknown")
     except MlflowException:
         return "unknown"
 
@@ -334,12 +256,12 @@ def stored_gate_score(model_uri: str, kind: str) -> float:
     split: it came from K models each scoring the patients it never saw)."""
     name, _, version = model_uri.removeprefix("models:/").partition("/")
     tags = MlflowClient().get_model_version(name, version).tags
-    if tags.get("kind") != kind:
+    if tags.get(VersionTag.KIND) != kind:
         raise RegistryError(
-            f"{model_uri} is a {tags.get('kind', 'train')!r} version, not {kind!r}: its score is "
-            "not out-of-fold on the same folds"
+            f"{model_uri} is a {tags.get(VersionTag.KIND, 'train')!r} version, not {kind!r}: its "
+            "score is not out-of-fold on the same folds"
         )
-    return float(tags["gate_score"])
+    return float(tags[VersionTag.GATE_SCORE])
 
 
 def describe_version(name: str, version: str, text: str) -> None:

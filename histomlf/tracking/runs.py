@@ -21,14 +21,15 @@ from mlflow.tracking import MlflowClient
 
 from histomlf.config import TrainConfig
 from histomlf.environment import environment_facts, pip_freeze
+from histomlf.schema import Artifact, MlflowTag, Tag
 from histomlf.tracking.probe import probe_tracking
 
 DEFAULT_EXPERIMENT_NAME = "histomlf"
 # MLflow 3's UI picks an experiment's layout from this tag; untagged, it opened on the GenAI
 # overview (traces, tokens) instead of the training runs.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TAG = MlflowTag.EXPERIMENT_KIND
 TRAINING_KIND = "custom_model_development"
-NOTE_TAG = "mlflow.note.content"
+NOTE_TAG = MlflowTag.NOTE
 
 
 def experiment_link(experiment_id: str) -> str:
@@ -158,7 +159,7 @@ def log_resolved_params(params: Mapping[str, Any], run_id: str | None = None) ->
         if key not in logged:
             fresh[key] = text
         elif not _same_value(logged[key], value):
-            resolved[f"histomlf.resolved.{key}"] = text
+            resolved[Tag.resolved(key)] = text
     if fresh:
         mlflow.log_params(fresh)
     if resolved:
@@ -170,7 +171,7 @@ def log_config(config: TrainConfig, extra: Mapping[str, Any] | None = None) -> N
     params = config.as_params()
     log_resolved_params(params)
     document = {**params, **(dict(extra) if extra else {})}
-    mlflow.log_text(yaml.safe_dump(document, sort_keys=True), "config/resolved.yaml")
+    mlflow.log_text(yaml.safe_dump(document, sort_keys=True), Artifact.CONFIG)
 
 
 def log_dataset(
@@ -184,7 +185,7 @@ def log_dataset(
     mlflow.log_input(
         dataset,
         context=context,
-        tags={"histomlf.data_digest": digest, "patches": str(len(manifest))},
+        tags={Tag.DATA_DIGEST: digest, "patches": str(len(manifest))},
     )
 
 
@@ -207,12 +208,12 @@ def log_frame(frame, artifact_file: str) -> None:
 def log_environment() -> dict[str, Any]:
     """Versions, devices, git commit and dirty flag as tags + `environment/` artifacts."""
     facts = environment_facts()
-    mlflow.log_dict(facts, "environment/facts.json")
-    mlflow.log_text(pip_freeze(), "environment/pip-freeze.txt")
-    tags = {"histomlf.devices": ",".join(facts["devices"])}
+    mlflow.log_dict(facts, Artifact.ENVIRONMENT)
+    mlflow.log_text(pip_freeze(), Artifact.PIP_FREEZE)
+    tags = {Tag.DEVICES: ",".join(facts["devices"])}
     if "git_commit" in facts:
-        tags["histomlf.git_commit"] = facts["git_commit"]
-        tags["histomlf.git_dirty"] = str(facts["git_dirty"]).lower()
+        tags[Tag.GIT_COMMIT] = facts["git_commit"]
+        tags[Tag.GIT_DIRTY] = str(facts["git_dirty"]).lower()
     mlflow.set_tags(tags)
     return facts
 

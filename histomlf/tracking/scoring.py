@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from histomlf.schema import Artifact
+
 
 def load_model(model_uri: str):
     return mlflow.pyfunc.load_model(model_uri)
@@ -73,7 +75,7 @@ def source_run_split(model_uri: str, target_dir: Path) -> Path | None:
             return None
         return Path(
             mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="data/split.csv", dst_path=str(target_dir)
+                run_id=run_id, artifact_path=Artifact.SPLIT, dst_path=str(target_dir)
             )
         )
     except Exception:  # noqa: BLE001 - a model without a logged split is evaluated on given rows

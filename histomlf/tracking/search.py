@@ -21,31 +21,26 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from histomlf.schema import Artifact, MlflowTag, RunKind, Tag
 from histomlf.tracking import runs
 from histomlf.tracking.probe import probe_tracking
 from histomlf.tracking.tune_trial import (
-    KIND_PARENT,
-    SEARCH_ID_TAG,
-    TRIAL_ID_TAG,
     SearchRun,
     log_trial_model,
     trial_runs,
 )
 from histomlf.tuning.settings import SearchError, SearchSpec
 
-SPEC_ARTIFACT = "search/spec.json"
-KIND_RESUME = "tune-resume"
-
 
 def load_spec_artifact(parent_run_id: str) -> SearchSpec:
     """The spec a search logged on its parent run."""
     try:
         return SearchSpec.from_dict(
-            mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{SPEC_ARTIFACT}")
+            mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{Artifact.SEARCH_SPEC}")
         )
     except MlflowException as error:
         raise SearchError(
-            f"run {parent_run_id} has no saved search ({SPEC_ARTIFACT}): "
+            f"run {parent_run_id} has no saved search ({Artifact.SEARCH_SPEC}): "
             f"{str(error).splitlines()[0]}"
         ) from None
 
@@ -58,8 +53,10 @@ def search_parent(run_id: str) -> Any:
         raise SearchError(
             f"no run {run_id} in the tracking store {mlflow.get_tracking_uri()}"
         ) from None
-    if run.data.tags.get("histomlf.kind") != KIND_PARENT:
-        raise SearchError(f"run {run_id} is not a histomlf search (tag histomlf.kind != tune)")
+    if run.data.tags.get(Tag.KIND) != RunKind.TUNE:
+        raise SearchError(
+            f"run {run_id} is not a histomlf search (tag {Tag.KIND} != {RunKind.TUNE})"
+        )
     return run
 
 
@@ -71,8 +68,8 @@ def tracking_uri() -> str:
 def open_parent(name: str, resume: str) -> Iterator[tuple[Any, bool]]:
     """The parent run, active: a new one (or the one `mlflow run` opened), or the resumed one."""
     if not resume:
-        with runs.active_run(run_name=name, tags={"histomlf.kind": KIND_PARENT}) as run:
-            mlflow.set_tag(SEARCH_ID_TAG, run.info.run_id)
+        with runs.active_run(run_name=name, tags={Tag.KIND: RunKind.TUNE.value}) as run:
+            mlflow.set_tag(Tag.SEARCH_ID, run.info.run_id)
             yield run, False
         return
     probe_tracking()
@@ -87,31 +84,31 @@ def open_parent(name: str, resume: str) -> Iterator[tuple[Any, bool]]:
 def link_resume_run(client: MlflowClient, launcher: str, original: Any) -> None:
     """Tag the run `mlflow run` opened for a resume, and link it from the resumed parent."""
     parent_id = original.info.run_id
-    client.set_tag(launcher, "histomlf.kind", KIND_RESUME)
-    client.set_tag(launcher, "histomlf.resumes", parent_id)
-    client.set_tag(launcher, SEARCH_ID_TAG, parent_id)
+    client.set_tag(launcher, Tag.KIND, RunKind.TUNE_RESUME.value)
+    client.set_tag(launcher, Tag.RESUMES, parent_id)
+    client.set_tag(launcher, Tag.SEARCH_ID, parent_id)
     client.set_tag(
         launcher,
-        "mlflow.note.content",
+        MlflowTag.NOTE,
         f"Resumed search {parent_id} ({original.info.run_name}): its trials, "
         "leaderboard and best model are under that run; this run holds nothing else.",
     )
-    before = original.data.tags.get("histomlf.resumed_by", "")
-    client.set_tag(parent_id, "histomlf.resumed_by", ",".join(filter(None, [before, launcher])))
+    before = original.data.tags.get(Tag.RESUMED_BY, "")
+    client.set_tag(parent_id, Tag.RESUMED_BY, ",".join(filter(None, [before, launcher])))
 
 
 def log_search_start(spec: SearchSpec, directory: Path) -> None:
     """Search config (params + spec/space artifacts), environment, and the tuner folder."""
     runs.log_config(spec.config, extra={"search": spec.to_dict()["settings"]})
     runs.log_resolved_params(spec.settings.as_params())
-    mlflow.log_dict(spec.to_dict(), SPEC_ARTIFACT)
-    mlflow.log_text(yaml.safe_dump(spec.settings.space, sort_keys=False), "search/space.yaml")
+    mlflow.log_dict(spec.to_dict(), Artifact.SEARCH_SPEC)
+    mlflow.log_text(yaml.safe_dump(spec.settings.space, sort_keys=False), Artifact.SEARCH_SPACE)
     runs.log_environment()
     mlflow.set_tags(
         {
-            "histomlf.tuner": spec.settings.tuner,
-            "histomlf.objective": spec.settings.objective,
-            "histomlf.tuner_dir": str(directory),
+            Tag.TUNER: spec.settings.tuner,
+            Tag.OBJECTIVE: spec.settings.objective,
+            Tag.TUNER_DIR: str(directory),
         }
     )
 
@@ -120,7 +117,7 @@ def children_by_trial(search_run: SearchRun) -> dict[str, Any]:
     """Each trial's run: its FINISHED one if any, else its latest attempt."""
     chosen: dict[str, Any] = {}
     for run in trial_runs(MlflowClient(), search_run):
-        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        trial_id = run.data.tags.get(Tag.TRIAL_ID)
         if trial_id is None:
             continue
         current = chosen.get(trial_id)
@@ -166,8 +163,8 @@ def log_trials(
     trial runs by trial id and the counts."""
     children = children_by_trial(search_run)
     board = leaderboard(trials, children, objective, direction)
-    mlflow.log_table(board, "search/leaderboard.json")
-    runs.log_frame(board, "search/leaderboard.csv")
+    mlflow.log_table(board, Artifact.LEADERBOARD_TABLE)
+    runs.log_frame(board, Artifact.LEADERBOARD_CSV)
     counts = {
         f"trials_{status.lower()}": float(sum(t.status == status for t in trials))
         for status in ("COMPLETED", "FAILED", "INVALID")
@@ -184,9 +181,9 @@ def record_best_trial(best: Any, best_run: Any, objective: str) -> str:
     values = dict(best.hyperparameters.values)
     mlflow.set_tags(
         {
-            "histomlf.best_trial_id": best.trial_id,
-            "histomlf.best_run_id": best_run_id,
-            **{f"histomlf.best.{k.replace('/', '.')}": str(v) for k, v in values.items()},
+            Tag.BEST_TRIAL_ID: best.trial_id,
+            Tag.BEST_RUN_ID: best_run_id,
+            **{Tag.best(k): str(v) for k, v in values.items()},
         }
     )
     mlflow.log_metric(f"best_{objective}", float(best.score))
@@ -198,10 +195,10 @@ def record_best_trial(best: Any, best_run: Any, objective: str) -> str:
             "score": float(best.score),
             "hyperparameters": values,
         },
-        "search/best.json",
+        Artifact.BEST_TRIAL,
     )
     if best_run_id:
-        MlflowClient().set_tag(best_run_id, "histomlf.best_trial", "true")
+        MlflowClient().set_tag(best_run_id, Tag.BEST_TRIAL, "true")
     return best_run_id
 
 
@@ -209,18 +206,18 @@ def log_best_model(
     best_run: Any, model: Any, threshold: float, config: Any, log_models: str, source: str
 ) -> str:
     """The winner's model URI: logged by its trial already (`all`), else logged there now."""
-    mlflow.set_tag("histomlf.best_model_source", source)
+    mlflow.set_tag(Tag.BEST_MODEL_SOURCE, source)
     if best_run is None:
         uri = log_trial_model(model, threshold, config).model_uri
-    elif log_models == "all" and best_run.data.tags.get("histomlf.model_uri"):
-        uri = best_run.data.tags["histomlf.model_uri"]
+    elif log_models == "all" and best_run.data.tags.get(Tag.MODEL_URI):
+        uri = best_run.data.tags[Tag.MODEL_URI]
     else:
         end_time = best_run.info.end_time
         with mlflow.start_run(run_id=best_run.info.run_id, nested=True):
             uri = log_trial_model(model, threshold, config).model_uri
-            mlflow.set_tag("histomlf.model_uri", uri)
+            mlflow.set_tag(Tag.MODEL_URI, uri)
         MlflowClient().set_terminated(best_run.info.run_id, "FINISHED", end_time=end_time)
-    mlflow.set_tag("histomlf.best_model_uri", uri)
+    mlflow.set_tag(Tag.BEST_MODEL_URI, uri)
     return uri
 
 
@@ -240,7 +237,7 @@ def tag_hyperband_outcomes(
             outcome = "discarded"
         else:
             outcome = "final"
-        client.set_tag(run.info.run_id, "histomlf.hyperband.outcome", outcome)
+        client.set_tag(run.info.run_id, Tag.HYPERBAND_OUTCOME, outcome)
         client.set_tag(
-            run.info.run_id, "histomlf.hyperband.discarded", str(outcome == "discarded").lower()
+            run.info.run_id, Tag.HYPERBAND_DISCARDED, str(outcome == "discarded").lower()
         )

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from histomlf.data.patches import PATCH_SIZE
-from histomlf.schema import SLIDE_METRICS, ModelMetadata, RunKind, SlideArtifact, Tag
+from histomlf.schema import SLIDE_METRICS, MlflowTag, ModelMeta, RunKind, SlideArtifact, Tag
 from histomlf.slides.predict import SlideModel, SlideResult
 from histomlf.slides.reader import SlideError, sha256_of
 from histomlf.tracking import runs
@@ -41,8 +41,8 @@ def model_scale(metadata: Mapping[str, Any] | None, patch_mpp: float | None) -> 
     `patch_mpp` for a model logged before models recorded their scale; else a one-line refusal.
     """
     metadata = dict(metadata or {})
-    recorded = metadata.get(ModelMetadata.PATCH_MPP)
-    patch_px = int(metadata.get(ModelMetadata.PATCH_PX) or PATCH_SIZE)
+    recorded = metadata.get(ModelMeta.PATCH_MPP)
+    patch_px = int(metadata.get(ModelMeta.PATCH_PX) or PATCH_SIZE)
     if recorded is None:
         if patch_mpp is None:
             raise SlideError(
@@ -174,5 +174,5 @@ def run_record(run_id: str) -> dict[str, Any]:
         "metrics": dict(run.data.metrics),
         "params": dict(run.data.params),
         "artifacts": sorted(a.path for a in client.list_artifacts(run_id)),
-        "parent": run.data.tags.get("mlflow.parentRunId"),
+        "parent": run.data.tags.get(MlflowTag.PARENT_RUN_ID),
     }

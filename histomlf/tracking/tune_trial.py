@@ -24,13 +24,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from histomlf.data.patches import patch_scale
+from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
 from histomlf.tracking import runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
-KIND_PARENT = "tune"
-KIND_TRIAL = "tune-trial"
-TRIAL_ID_TAG = "histomlf.trial_id"
-SEARCH_ID_TAG = "histomlf.search_id"
 HYPERBAND_KEYS = {"tuner/bracket": "bracket", "tuner/round": "round", "tuner/epochs": "epochs",
                   "tuner/initial_epoch": "initial_epoch", "tuner/trial_id": "continues"}
 ERROR_TAG_CHARS = 500
@@ -51,7 +48,7 @@ def trial_runs(client: MlflowClient, search: SearchRun, trial_id: str | None = N
     """Child runs of the search (of one trial when `trial_id` is given), oldest first."""
     query = f"tags.mlflow.parentRunId = '{search.parent_run_id}'"
     if trial_id is not None:
-        query += f" and tags.`{TRIAL_ID_TAG}` = '{trial_id}'"
+        query += f" and tags.`{Tag.TRIAL_ID}` = '{trial_id}'"
     found = client.search_runs([search.experiment_id], query, max_results=5000,
                                order_by=["attributes.start_time ASC"])
     return list(found)
@@ -99,23 +96,23 @@ class TrialTrackingMixin:
         previous = [r for r in trial_runs(self._client, self.search_run, trial.trial_id)
                     if r.info.status != "FINISHED"]
         tags = {
-            "histomlf.kind": KIND_TRIAL,
-            SEARCH_ID_TAG: self.search_run.parent_run_id,
-            TRIAL_ID_TAG: trial.trial_id,
-            "histomlf.tuner": self.search_run.tuner,
-            "histomlf.tuner_id": str(getattr(self, "tuner_id", "")),
-            "histomlf.worker_pid": str(os.getpid()),
-            "histomlf.host": socket.gethostname(),
-            "histomlf.attempt": str(len(previous) + 1),
-            "histomlf.tuned": ",".join(self.hypermodel.space.names),
-            "histomlf.hparams": " ".join(
+            Tag.KIND: RunKind.TUNE_TRIAL.value,
+            Tag.SEARCH_ID: self.search_run.parent_run_id,
+            Tag.TRIAL_ID: trial.trial_id,
+            Tag.TUNER: self.search_run.tuner,
+            Tag.TUNER_ID: str(getattr(self, "tuner_id", "")),
+            Tag.WORKER_PID: str(os.getpid()),
+            Tag.HOST: socket.gethostname(),
+            Tag.ATTEMPT: str(len(previous) + 1),
+            Tag.TUNED: ",".join(self.hypermodel.space.names),
+            Tag.HPARAMS: " ".join(
                 f"{k}={_short(values[k])}" for k in self.hypermodel.space.names if k in values
             ),
-            **{f"histomlf.hyperband.{name}": str(values[key])
+            **{Tag.hyperband(name): str(values[key])
                for key, name in HYPERBAND_KEYS.items() if key in values},
         }  # fmt: skip
         if previous:
-            tags["histomlf.retry_of"] = previous[-1].info.run_id
+            tags[Tag.RETRY_OF] = previous[-1].info.run_id
         run = mlflow.start_run(
             experiment_id=self.search_run.experiment_id,
             run_name=trial_run_name(trial.trial_id, values, list(self.hypermodel.space.names)),
@@ -128,7 +125,7 @@ class TrialTrackingMixin:
         for old in previous:
             if old.info.status == "RUNNING":
                 self._client.set_terminated(old.info.run_id, "KILLED")
-            self._client.set_tag(old.info.run_id, "histomlf.retried_by", run.info.run_id)
+            self._client.set_tag(old.info.run_id, Tag.RETRIED_BY, run.info.run_id)
         inactive = set(self.hypermodel.space.inactive(hp))
         params = {k: v for k, v in config.as_params().items() if k not in inactive}
         mlflow.log_params({k: "" if v is None else str(v) for k, v in params.items()})
@@ -160,18 +157,18 @@ class TrialTrackingMixin:
         mlflow.log_metrics(metrics, step=final_step)
         labels = best.val.rows["label"].to_numpy()
         runs.log_json(confusion(labels, best.val.probabilities, best.threshold),
-                      "evaluation/val_confusion_matrix.json")
+                      Artifact.evaluation("val", "confusion_matrix", "json"))
         runs.log_figure(plots.plot_confusion_matrix(labels, best.val.probabilities,
                                                       best.threshold),
-                        "evaluation/val_confusion_matrix.png")
+                        Artifact.evaluation("val", "confusion_matrix"))
         mlflow.set_tags({
-            "histomlf.early_stopped": str(any(r.early_stopped for r in hypermodel.results)).lower(),
-            "histomlf.best_execution": str(best.execution),
-            "histomlf.executions": str(len(hypermodel.results)),
+            Tag.EARLY_STOPPED: str(any(r.early_stopped for r in hypermodel.results)).lower(),
+            Tag.BEST_EXECUTION: str(best.execution),
+            Tag.EXECUTIONS: str(len(hypermodel.results)),
         })  # fmt: skip
         if self.search_run.log_models == "all":
             info = log_trial_model(best.model, best.threshold, best.config)
-            mlflow.set_tag("histomlf.model_uri", info.model_uri)
+            mlflow.set_tag(Tag.MODEL_URI, info.model_uri)
 
     def on_trial_end(self, trial: Any) -> None:
         run_id, self._trial_run_id = self._trial_run_id, None
@@ -184,9 +181,9 @@ class TrialTrackingMixin:
     def _end_trial_run(self, run_id: str, trial: Any) -> None:
         status = "FINISHED" if trial.status == "COMPLETED" else "FAILED"
         if status == "FAILED":
-            self._client.set_tag(run_id, "histomlf.error", error_line(trial.message))
-            self._client.set_tag(run_id, "histomlf.trial_status", str(trial.status))
-            self._client.log_text(run_id, trial.message or "", "error.txt")
+            self._client.set_tag(run_id, Tag.ERROR, error_line(trial.message))
+            self._client.set_tag(run_id, Tag.TRIAL_STATUS, str(trial.status))
+            self._client.log_text(run_id, trial.message or "", Artifact.TRIAL_ERROR)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
             mlflow.end_run(status)
@@ -198,7 +195,7 @@ def log_trial_model(model: Any, threshold: float, config: Any):
     """Log a trial's model as the serving pyfunc into the active run."""
     from histomlf.tracking.pyfunc import log_patch_classifier
 
-    metadata = {"model": config.model, "experiment": config.experiment,
+    metadata = {ModelMeta.MODEL: config.model, ModelMeta.EXPERIMENT: config.experiment,
                 **patch_scale(config.patch_mpp)}
     return log_patch_classifier(model, threshold=threshold, metadata=metadata)
 
@@ -215,10 +212,10 @@ def end_stale_trial_runs(search: SearchRun, oracle: Any) -> list[str]:
     for run in trial_runs(client, search):
         if run.info.status != "RUNNING":
             continue
-        trial = oracle.trials.get(run.data.tags.get(TRIAL_ID_TAG, ""))
+        trial = oracle.trials.get(run.data.tags.get(Tag.TRIAL_ID, ""))
         status = {"COMPLETED": "FINISHED", "FAILED": "FAILED"}.get(getattr(trial, "status", ""),
                                                                   "KILLED")
-        client.set_tag(run.info.run_id, "histomlf.closed_on_resume", status)
+        client.set_tag(run.info.run_id, Tag.CLOSED_ON_RESUME, status)
         client.set_terminated(run.info.run_id, status)
         closed.append(run.info.run_id)
     return closed

@@ -41,9 +41,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from histomlf import __version__
+from histomlf.evaluation.metrics import TABLED
+from histomlf.evaluation.text import metric_with_interval
 from histomlf.slides.predict import SlideModel
 from histomlf.slides.reader import SLIDE_SUFFIXES
-from histomlf.tracking.notes import metric_with_interval
 from histomlf.web import about
 from histomlf.web.limits import MB, BodyLimit, RequestTooLarge
 from histomlf.web.results import (
@@ -90,15 +91,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 FILES_FIELD, ZIP_FIELD = "files", "file"
 
-MODEL_METRICS = (
-    ("accuracy", "accuracy"),
-    ("precision", "precision"),
-    ("recall", "sensitivity (recall)"),
-    ("specificity", "specificity"),
-    ("f1", "F1"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("roc_auc", "ROC-AUC"),
-)
+MODEL_METRICS = tuple((m.name, m.prose) for m in TABLED)
 
 
 def _multipart(field: str, many: bool) -> dict[str, Any]:

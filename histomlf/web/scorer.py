@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from histomlf.explain.gradcam import GradCam, GradCamError
-from histomlf.tracking.model_card import ModelCard, describe_model
 from histomlf.tracking.pyfunc import predict_patches
 from histomlf.tracking.scoring import keras_model_of, load_model, model_threshold, request_limits
 from histomlf.web.limits import Limits
+from histomlf.web.model_card import ModelCard, describe_model
 
 
 @dataclass

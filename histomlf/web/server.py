@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uvicorn
 
-from histomlf.tracking.model_card import ModelCard
 from histomlf.web.app import create_app
+from histomlf.web.model_card import ModelCard
 from histomlf.web.scorer import Scorer, load_scorer
 from histomlf.web.security import DEFAULT_SCORING_SLOTS
 

@@ -1,49 +1,18 @@
 """Run descriptions (the MLflow UI's Overview, `mlflow.note.content`) that say what ran.
 
-Pure formatting: each function turns what a recipe produced into a few Markdown lines — the
-data, the recipe in one line, the headline test metrics with their 95 % patient-bootstrap
-intervals and the threshold, the registry's decision, and where the plots and predictions are.
+Pure formatting for the recipes: each function turns what a recipe produced into a few Markdown
+lines — the data, the recipe in one line, the headline test metrics with their 95 %
+patient-bootstrap intervals and the threshold, the registry's decision, and where the plots and
+predictions are.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-HEADLINE = (
-    ("roc_auc", "ROC-AUC"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("f1", "F1"),
-    ("recall", "sensitivity"),
-    ("specificity", "specificity"),
-)
-
-
-def _number(value: Any) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if math.isnan(value) else f"{value:.3f}"
-
-
-def metric_with_interval(metrics: Mapping[str, float], key: str) -> str:
-    """`0.912 (95 % CI 0.870–0.944)`, or the value alone when no interval was logged."""
-    value = _number(metrics.get(key))
-    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-    if low is None or high is None:
-        return value
-    return f"{value} (95 % CI {_number(low)}–{_number(high)})"
-
-
-def headline_line(metrics: Mapping[str, float], split: str = "test") -> str:
-    parts = [f"{label} {metric_with_interval(metrics, f'{split}_{name}')}"
-             for name, label in HEADLINE]
-    patient = metrics.get(f"{split}_patient_roc_auc")
-    if patient is not None:
-        parts.append(f"per-patient ROC-AUC {_number(patient)}")
-    return "; ".join(parts)
+from histomlf.evaluation.text import HEADLINE_LABELS, headline_line, number
+from histomlf.schema import Artifact, Folder
 
 
 def data_line(data: Any) -> str:
@@ -70,12 +39,13 @@ def gate_line(gate: Any) -> str:
     if gate is None:
         return "**Registry**: not registered (pass `register_as` to register and gate it)."
     return (f"**Registry**: {gate.name} v{gate.version} → `{gate.alias}` — {gate.reason} "
-            f"({gate.gate_metric} {_number(gate.new_score)}).")
+            f"({gate.gate_metric} {number(gate.new_score)}).")
 
 
-WHERE = ("**Artifacts**: plots in `evaluation/`, per-patch and per-patient predictions in "
-         "`predictions/`, Grad-CAM overlays and patient maps in `explain/` (when on), the data "
-         "split in `data/`, the resolved config in `config/`, the served model in `model/`.")
+WHERE = (f"**Artifacts**: plots in `{Folder.EVALUATION}/`, per-patch and per-patient "
+         f"predictions in `{Folder.PREDICTIONS}/`, Grad-CAM overlays and patient maps in "
+         f"`{Folder.EXPLAIN}/` (when on), the data split in `{Folder.DATA}/`, the resolved "
+         f"config in `{Folder.CONFIG}/`, the served model in `{Folder.MODEL}/`.")
 
 SYNTHETIC = ("> **Synthetic data**: generated patches whose classes differ by texture; these "
              "scores say nothing about real tissue.")
@@ -91,7 +61,7 @@ def train_note(config: Any, data: Any, metrics: Mapping[str, float], gate: Any =
         "",
         recipe_line(config),
         "",
-        f"**Test split, patient-level** (threshold {_number(metrics.get('decision_threshold'))}):"
+        f"**Test split, patient-level** (threshold {number(metrics.get('decision_threshold'))}):"
         f" {headline_line(metrics)}.",
         "",
         gate_line(gate),
@@ -104,10 +74,10 @@ def train_note(config: Any, data: Any, metrics: Mapping[str, float], gate: Any =
 def cv_note(config: Any, folds: int, summary: Mapping[str, float]) -> str:
     """The description of a cross-validation parent: mean ± sd over folds."""
     parts = []
-    for name, label in HEADLINE:
+    for name, label in HEADLINE_LABELS:
         mean, sd = summary.get(f"test_{name}_mean"), summary.get(f"test_{name}_sd")
         if mean is not None:
-            parts.append(f"{label} {_number(mean)} ± {_number(sd)}")
+            parts.append(f"{label} {number(mean)} ± {number(sd)}")
     return "\n".join([
         f"**{folds}-fold cross-validation by patient**: every patient is tested once; one "
         "child run per fold (`fold-k-of-K`).",
@@ -116,8 +86,8 @@ def cv_note(config: Any, folds: int, summary: Mapping[str, float]) -> str:
         "",
         f"**Test folds, mean ± sd**: {'; '.join(parts)}.",
         "",
-        "**Artifacts**: the per-fold table in `cv/folds.json`; each fold's plots, predictions "
-        "and split in its own run.",
+        f"**Artifacts**: the per-fold table in `{Artifact.CV_FOLDS}`; each fold's plots, "
+        "predictions and split in its own run.",
     ])
 
 
@@ -130,25 +100,17 @@ def search_note(spec: Any, result: Mapping[str, Any], data: Any, gate: Any = Non
         f"{trials.get('trials_failed', 0)} failed; one child run per trial.",
         "",
         f"**Winner**: trial {result['best_trial_id']} ({spec.settings.objective} "
-        f"{_number(result['best_score'])}), scored once on the test split.",
+        f"{number(result['best_score'])}), scored once on the test split.",
         "",
         data_line(data),
         "",
         f"**Winner on test, patient-level** (threshold "
-        f"{_number(result['metrics'].get('decision_threshold'))}): "
+        f"{number(result['metrics'].get('decision_threshold'))}): "
         f"{headline_line(result['metrics'])}.",
         "",
         gate_line(gate),
         "",
-        "**Artifacts**: the leaderboard in `search/`, the winner's plots in `evaluation/`, "
-        "predictions in `predictions/`, explanations in `explain/` (when on).",
+        f"**Artifacts**: the leaderboard in `{Folder.SEARCH}/`, the winner's plots in "
+        f"`{Folder.EVALUATION}/`, predictions in `{Folder.PREDICTIONS}/`, explanations in "
+        f"`{Folder.EXPLAIN}/` (when on).",
     ])
-
-
-def version_description(gate_metric: str, decision: str, reason: str,
-                        metrics: Mapping[str, float] | None) -> str:
-    """The registered version's description: the gate's verdict and the headline metrics."""
-    text = f"Gate on test {gate_metric}: {decision} — {reason}."
-    if metrics:
-        text += f"\n\nTest, patient-level split: {headline_line(metrics)}."
-    return text
