@@ -100,6 +100,30 @@ class StandaloneCluster:
             found[worker.name] = [*state.get("executors", []), *state.get("finishedexecutors", [])]
         return found
 
+    def start_worker(self, index: int, *, cores: int = 1, memory: str = "1g",
+                     env: Mapping[str, str] | None = None) -> Daemon:
+        """Start (or restart, after a kill) worker `index` with `cores` cores and `memory` for
+        its executors; does not wait for it to register (`wait_for_workers`)."""
+        name = f"worker-{index}"
+        work_dir, ui_port, log = self.root / name, free_port(), self.root / f"{name}.log"
+        work_dir.mkdir(exist_ok=True)
+        process = spawn(
+            [str(spark_home() / "bin" / "spark-class"), WORKER_CLASS, "--host", "127.0.0.1",
+             "--cores", str(cores), "--memory", memory, "--work-dir", str(work_dir),
+             "--webui-port", str(ui_port), self.url],
+            log_path=log, pid_path=self.root / f"{name}.pid", env=env or _daemon_env(None),
+            cwd=self.root,
+        )
+        daemon = Daemon(name, process, ui_port, log)
+        self.workers = [w for w in self.workers if w.name != name] + [daemon]
+        self.workers.sort(key=lambda w: w.name)
+        return daemon
+
+    def wait_for_workers(self, count: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Until `count` workers are ALIVE on the master."""
+        wait_until(lambda: self.alive_workers() == count, what=f"{count} Spark workers",
+                   timeout=timeout, proc=self.master.process, log_path=self.master.log_path)
+
     def stop(self) -> None:
         """Stop every daemon (workers first), whatever state each is in."""
         for daemon in [*self.workers, self.master]:
@@ -152,23 +176,8 @@ def start_cluster(
         wait_until(lambda: "workers" in cluster.status(), what="Spark master",
                    timeout=START_TIMEOUT_S, proc=master.process, log_path=log)
         for index in range(workers):
-            name = f"worker-{index}"
-            work_dir, worker_ui = root / name, free_port()
-            work_dir.mkdir(exist_ok=True)
-            log = root / f"{name}.log"
-            cluster.workers.append(Daemon(
-                name,
-                spawn(
-                    [spark_class, WORKER_CLASS, "--host", "127.0.0.1", "--cores", str(cores),
-                     "--memory", memory, "--work-dir", str(work_dir), "--webui-port",
-                     str(worker_ui), cluster.url],
-                    log_path=log, pid_path=root / f"{name}.pid", env=daemon_env, cwd=root,
-                ),
-                worker_ui,
-                log,
-            ))
-        wait_until(lambda: cluster.alive_workers() == workers, what=f"{workers} Spark workers",
-                   timeout=START_TIMEOUT_S, proc=master.process, log_path=root / "master.log")
+            cluster.start_worker(index, cores=cores, memory=memory, env=daemon_env)
+        cluster.wait_for_workers(workers)
     except BaseException:
         cluster.stop()
         raise

@@ -31,8 +31,6 @@ def check_content(batches: Iterator[Any]) -> Iterator[Any]:
     verdict already are not decoded."""
     import hashlib
 
-    import pandas as pd
-
     from histomlf.data.scan import check_patch_bytes
     from histomlf.serving.inputs import DEFAULT_MAX_BYTES, image_kind
 
@@ -115,7 +113,6 @@ def checked(files: Any) -> Any:
     """Every file with its final `reason` (null: kept), duplicates marked `duplicate`."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-
     from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
     rows = parsed(files)
