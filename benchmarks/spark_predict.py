@@ -83,13 +83,12 @@ def main() -> None:
         data = _gather(args.data, work / "data", args.max_patients)
         model_uri = _model(work)
 
+        # the scan is cached first, so the baseline times scoring, as Spark's job does
+        from histomlf.data.scan import scan_to_cache
         from histomlf.recipes.evaluate import predict
         from histomlf.recipes.spark_predict import spark_predict
         from histomlf.spark.cluster import standalone_cluster
         from histomlf.spark.session import SparkSettings
-
-        # the scan is cached first, so the baseline times scoring, as Spark's job does
-        from histomlf.data.scan import scan_to_cache
 
         patches = len(scan_to_cache(data).manifest)
         started = time.perf_counter()

@@ -67,6 +67,8 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
 
         predict_on_spark(model_uri, data, out, master)
         return
+    if out.is_dir():
+        raise click.ClickException(f"--out is a folder ({out}); the local engine writes a CSV")
     from histomlf.recipes.evaluate import predict as predict_recipe
 
     try:
