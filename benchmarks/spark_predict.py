@@ -55,7 +55,7 @@ def _gather(data: list[Path], target: Path, max_patients: int) -> Path:
 def _model(store: Path) -> str:
     import mlflow
 
-    from histomlf.models.registry import create_model
+    from histomlf.models.factory import create_model
     from histomlf.tracking.pyfunc import log_patch_classifier
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
