@@ -107,6 +107,16 @@ def reference(spark_store: Store, patches_dir: Path, tmp_path_factory) -> dict[s
     }
 
 
+@pytest.fixture(scope="class")
+def local_spark() -> Iterator[object]:
+    """One `local[2]` session for every local test: Spark's start-up (and the Python workers'
+    TensorFlow import, kept by worker reuse) is paid once, not per test."""
+    from histomlf.spark.session import SparkSettings, spark_session
+
+    with spark_session(SparkSettings(master="local[2]")) as started:
+        yield started
+
+
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneCluster]:
     """A master and two workers (1 core, 1 GB for executors each), stopped whatever happens."""
@@ -158,84 +168,72 @@ def test_the_udf_result_type_is_what_mlflow_infers_from_the_signature() -> None:
     assert prediction_type() == inferred == "struct<probability:double,label:bigint>"
 
 
-def test_local_spark_equals_in_process_predict_and_quarantines_bad_files(
-    spark_store: Store, patches_dir: Path, reference: dict, tmp_path: Path
-) -> None:
-    from mlflow.tracking import MlflowClient
+class TestLocal:
+    """Everything on one shared `local[2]` session (stopped at the end of the class, before the
+    cluster test opens its own: a process has one SparkContext)."""
 
-    from histomlf.recipes.spark_predict import spark_predict
-    from histomlf.spark.session import SparkSettings
+    def test_local_spark_equals_in_process_predict_and_quarantines_bad_files(
+        self, local_spark, spark_store: Store, patches_dir: Path, reference: dict,
+        tmp_path: Path,
+    ) -> None:
+        from mlflow.tracking import MlflowClient
 
-    # the scanner quarantines both bad files; Spark must give the same rows and reasons
-    reasons = dict(zip(reference["quarantine"]["path"], reference["quarantine"]["reason"],
-                       strict=True))
-    assert reasons[str(patches_dir / TRUNCATED)].startswith("truncated image")
-    assert reasons[str(patches_dir / MISPLACED)].startswith("misplaced")
-    out = tmp_path / "out"
-    with tracking_env(**spark_store.env()):
-        result = spark_predict(f"models:/{MODEL_NAME}@champion", str(patches_dir), out,
-                               settings=SparkSettings(master="local[2]"))
-        run = MlflowClient().get_run(result["run_id"])
-    _assert_same_as_reference(out, reference)
-    assert result["quarantined"] == 2 and result["patches"] == len(reference["patches"])
-    # @champion resolved once, before the job; the version is in the Parquet metadata
-    assert result["model_uri"] == f"models:/{MODEL_NAME}/1"
-    for path in (out / PATCHES_DIR, out / PATIENTS_FILE, out / QUARANTINE_FILE):
-        assert read_model_metadata(path)["model_version"] == "1", path
-    assert run.data.tags[Tag.KIND] == str(RunKind.SPARK_PREDICT)
-    assert run.data.tags[Tag.MODEL_VERSION] == "1"
-    assert run.data.params["max_records_per_batch"] == "1024"
-    assert run.data.metrics["patches"] == len(reference["patches"])
-    assert run.data.metrics["quarantined"] == 2
-    assert run.data.metrics["patches_per_s"] > 0 and run.data.metrics["spark_startup_s"] > 0
+        from histomlf.recipes.spark_predict import spark_predict
 
+        # the scanner quarantines both bad files; Spark must give the same rows and reasons
+        reasons = dict(zip(reference["quarantine"]["path"], reference["quarantine"]["reason"],
+                           strict=True))
+        assert reasons[str(patches_dir / TRUNCATED)].startswith("truncated image")
+        assert reasons[str(patches_dir / MISPLACED)].startswith("misplaced")
+        out = tmp_path / "out"
+        with tracking_env(**spark_store.env()):
+            result = spark_predict(f"models:/{MODEL_NAME}@champion", str(patches_dir), out,
+                                   session=local_spark)
+            run = MlflowClient().get_run(result["run_id"])
+        _assert_same_as_reference(out, reference)
+        assert result["quarantined"] == 2 and result["patches"] == len(reference["patches"])
+        # @champion resolved once, before the job; the version is in the Parquet metadata
+        assert result["model_uri"] == f"models:/{MODEL_NAME}/1"
+        for path in (out / PATCHES_DIR, out / PATIENTS_FILE, out / QUARANTINE_FILE):
+            assert read_model_metadata(path)["model_version"] == "1", path
+        assert run.data.tags[Tag.KIND] == str(RunKind.SPARK_PREDICT)
+        assert run.data.tags[Tag.MODEL_VERSION] == "1"
+        assert run.data.params["max_records_per_batch"] == "1024"
+        assert run.data.params["master"] == "local[2]"
+        assert run.data.metrics["patches"] == len(reference["patches"])
+        assert run.data.metrics["quarantined"] == 2
+        assert run.data.metrics["patches_per_s"] > 0 and run.data.metrics["spark_startup_s"] > 0
 
-def test_the_spark_sql_parser_agrees_with_the_scanner_regex(tmp_path: Path) -> None:
-    from histomlf.data.scan import PATCH_NAME
-    from histomlf.spark.patches import parsed
-    from histomlf.spark.session import SparkSettings, spark_session
+    def test_the_spark_sql_parser_agrees_with_the_scanner_regex(self, local_spark) -> None:
+        from histomlf.data.scan import PATCH_NAME
+        from histomlf.spark.patches import parsed
 
-    names = ["10253_idx5_x1351_y1101_class0.png", "9_idx5_x1_y51_class1.png",
-             "10253_idx5_x1351_y1101_class2.png", "10253_idx5_x1_y1_class0.PNG",
-             "a10253_idx5_x1_y1_class0.png", "10253_idx5_x١_y1_class0.png",
-             "10253_idx5_x1_y1_class0.png.png", "10253_idx5_x1_y1_class1.png"]
-    with spark_session(SparkSettings(master="local[1]")) as started:
-        frame = started.spark.createDataFrame(
+        names = ["10253_idx5_x1351_y1101_class0.png", "9_idx5_x1_y51_class1.png",
+                 "10253_idx5_x1351_y1101_class2.png", "10253_idx5_x1_y1_class0.PNG",
+                 "a10253_idx5_x1_y1_class0.png", "10253_idx5_x١_y1_class0.png",
+                 "10253_idx5_x1_y1_class0.png.png", "10253_idx5_x1_y1_class1.png"]
+        frame = local_spark.spark.createDataFrame(
             [(f"/d/{n}", None, b"") for n in names], "path string, rel string, content binary"
         )
         rows = {r["path"].rsplit("/", 1)[1]: r for r in parsed(frame).collect()}
-    for name in names:
-        match, row = PATCH_NAME.match(name), rows[name]
-        if match is None:
-            assert row["patient_id"] == "" and row["placement"].startswith("unparsable"), name
-        else:
-            assert (row["patient_id"], row["x"], row["y"], row["true_label"]) == (
-                match[1], int(match[2]), int(match[3]), int(match[4])), name
-            assert row["placement"] is None
+        for name in names:
+            match, row = PATCH_NAME.match(name), rows[name]
+            if match is None:
+                assert row["patient_id"] == "" and row["placement"].startswith("unparsable"), name
+            else:
+                assert (row["patient_id"], row["x"], row["y"], row["true_label"]) == (
+                    match[1], int(match[2]), int(match[3]), int(match[4])), name
+                assert row["placement"] is None
 
 
-def test_standalone_cluster_runs_tasks_on_both_workers_through_the_cli(
+def test_standalone_cluster_runs_on_both_workers_and_reruns_a_killed_workers_tasks(
     spark_store: Store, spark_cluster: StandaloneCluster, patches_dir: Path, reference: dict,
     tmp_path: Path,
 ) -> None:
-    import json
-
-    out = tmp_path / "out"
-    with tracking_env(**spark_store.env()):
-        printed = invoke_cli("predict", f"models:/{MODEL_NAME}@champion", str(patches_dir),
-                             "--engine", "spark", "--master", spark_cluster.url,
-                             "--out", str(out))
-    result = json.loads(printed.output.strip().splitlines()[-1])
-    _assert_same_as_reference(out, reference)
-    per_worker = tasks_by_worker(spark_cluster, result["app_id"], result["executor_tasks"])
-    assert set(per_worker) == {"worker-0", "worker-1"}
-    assert all(count > 0 for count in per_worker.values()), per_worker
-
-
-def test_a_worker_killed_mid_job_is_rerun_by_spark_and_the_output_is_complete(
-    spark_store: Store, spark_cluster: StandaloneCluster, patches_dir: Path, reference: dict,
-    tmp_path: Path,
-) -> None:
+    """One job on the 2-worker cluster: worker-1 is killed (its whole process group) once its
+    executor has finished a task and is running another; Spark's own retry reruns the lost
+    tasks on worker-0 and the output is still complete and equal to the in-process predict.
+    Tasks ran on both workers (worker-1's before the kill, worker-0's throughout)."""
     from histomlf.recipes.spark_predict import spark_predict
     from histomlf.spark.session import SparkSettings
 
@@ -252,16 +250,19 @@ def test_a_worker_killed_mid_job_is_rerun_by_spark_and_the_output_is_complete(
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not killed.is_set():
                 try:
-                    ours = {str(i["id"]) for i in spark_cluster.worker_executors()[victim.name]
-                            if i.get("appid") == app}
+                    by_worker = spark_cluster.worker_executors()
                     executors = get_json(f"{url}/api/v1/applications/{app}/executors")
                 except Exception:  # noqa: BLE001 - not up yet
                     time.sleep(0.2)
                     continue
+                ours = {w: {str(i["id"]) for i in infos if i.get("appid") == app}
+                        for w, infos in by_worker.items()}
+                seen["worker-0"] = ours.get("worker-0", set())
                 for e in executors:
-                    if (str(e["id"]) in ours and e.get("activeTasks", 0) > 0
+                    if (str(e["id"]) in ours.get(victim.name, ()) and e.get("activeTasks", 0) > 0
                             and e.get("completedTasks", 0) > 0):
                         seen["executor"] = str(e["id"])
+                        seen["completed_before_kill"] = int(e["completedTasks"])
                         victim.kill()
                         killed.set()
                         return
@@ -269,39 +270,45 @@ def test_a_worker_killed_mid_job_is_rerun_by_spark_and_the_output_is_complete(
 
         threading.Thread(target=watch, daemon=True).start()
 
+    def stage_attempts(started) -> None:
+        app, url = started.spark.sparkContext.applicationId, started.ui_url()
+        seen["stages"] = get_json(f"{url}/api/v1/applications/{app}/stages", timeout=30)
+
     out = tmp_path / "out"
-    try:
-        with tracking_env(**spark_store.env()):
-            result = spark_predict(
-                f"models:/{MODEL_NAME}@champion", str(patches_dir), out,
-                settings=SparkSettings(master=spark_cluster.url, tasks_per_core=4),
-                on_session=kill_when_busy,
-            )
-        assert killed.is_set(), "worker-1 never ran a task to kill"
-        _assert_same_as_reference(out, reference)
-        # Spark's own retry: the killed executor's tasks ran again on worker-0
-        assert result["executor_tasks"].get(seen["executor"], 0) > 0
-        survivors = {str(i["id"]) for i in spark_cluster.worker_executors()["worker-0"]
-                     if i.get("appid") == result["app_id"]}
-        assert sum(result["executor_tasks"].get(i, 0) for i in survivors) > 0
-    finally:
-        if not victim.alive():
-            spark_cluster.start_worker(1, cores=1, memory="1g")
-            spark_cluster.wait_for_workers(2)
+    with tracking_env(**spark_store.env()):
+        result = spark_predict(
+            f"models:/{MODEL_NAME}@champion", str(patches_dir), out,
+            settings=SparkSettings(master=spark_cluster.url, tasks_per_core=4),
+            on_session=kill_when_busy, before_stop=stage_attempts,
+        )
+    assert killed.is_set(), "worker-1 never ran a task to kill"
+    _assert_same_as_reference(out, reference)  # complete and equal after the rerun
+    # tasks on both workers: worker-1's executor finished some before it was killed ...
+    assert seen["completed_before_kill"] > 0
+    # ... and worker-0's executors ran the rest, the lost ones included
+    survivors = {str(i["id"]) for i in spark_cluster.worker_executors()["worker-0"]
+                 if i.get("appid") == result["app_id"]}
+    assert survivors and sum(result["executor_tasks"].get(i, 0) for i in survivors) > 0
+    # Spark's own retry: a task failed (lost with its executor) or a stage was re-attempted
+    stages = seen["stages"]
+    failed = sum(int(s.get("numFailedTasks", 0)) for s in stages)
+    reattempted = [s for s in stages if int(s.get("attemptId", 0)) > 0]
+    assert failed > 0 or reattempted, [(s["stageId"], s["attemptId"], s["status"]) for s in stages]
 
 
-def test_missing_java_is_one_line_naming_the_debian_package(
-    spark_store: Store, patches_dir: Path, tmp_path: Path
-) -> None:
+def test_missing_java_is_one_line_naming_the_debian_package(tmp_path: Path) -> None:
+    """The CLI with no `java` on PATH and no JAVA_HOME: one line, before any model is resolved,
+    TensorFlow imported or a JVM started (so no store or data is needed)."""
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
-    env.update(spark_store.env())
     env["PATH"] = str(Path(sys.executable).parent)  # python, but no java
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'none.db'}"
     done = subprocess.run(
         [sys.executable, "-m", "histomlf", "predict", f"models:/{MODEL_NAME}@champion",
-         str(patches_dir), "--engine", "spark", "--out", str(tmp_path / "out")],
+         str(tmp_path), "--engine", "spark", "--out", str(tmp_path / "out")],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: Spark needs Java 17+") and "openjdk-17-jre-headless" in last
+    assert not (tmp_path / "none.db").exists()  # nothing touched the store

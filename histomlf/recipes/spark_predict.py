@@ -10,6 +10,7 @@ counts, the seconds (Spark start-up apart) and the throughput.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,13 @@ from histomlf.spark.outputs import (
     write_table,
 )
 from histomlf.spark.patches import checked, kept, quarantine
-from histomlf.spark.session import SparkSettings, check_pyspark, java_executable, spark_session
+from histomlf.spark.session import (
+    SparkSettings,
+    StartedSpark,
+    check_pyspark,
+    java_executable,
+    spark_session,
+)
 from histomlf.spark.sources import read_source, source_of
 from histomlf.tracking import runs
 from histomlf.tracking.spark_scoring import (
@@ -42,11 +49,16 @@ def spark_predict(
     *,
     settings: SparkSettings | None = None,
     on_session: Callable[[Any], None] | None = None,
+    before_stop: Callable[[Any], None] | None = None,
+    session: StartedSpark | None = None,
 ) -> dict[str, Any]:
     """Score DATA with MODEL_URI on Spark into `out_dir`; returns counts, seconds and paths.
 
     `on_session` is called with the started session (`StartedSpark`) before the job runs, e.g.
-    to watch it through the Spark UI's REST API.
+    to watch it through the Spark UI's REST API; `before_stop` after the job, while the session
+    (and its UI) is still up, e.g. to read its stages. `session`: an open session to run in
+    (left open; `settings` then only name the batch and thread choices logged), instead of
+    starting one: several jobs in one process (the tests) pay Spark's start-up once.
     """
     settings = settings or SparkSettings()
     java_executable()  # before any run is opened or a JVM started: one line, not a traceback
@@ -65,13 +77,14 @@ def spark_predict(
                 "model_name": model.name or "", "model_version": model.version or "",
                 "input": source.location}
     started_at = time.perf_counter()
-    with runs.active_run(run_name="spark-predict") as run, spark_session(settings) as started:
+    opened = contextlib.nullcontext(session) if session is not None else spark_session(settings)
+    with runs.active_run(run_name="spark-predict") as run, opened as started:
         runs.set_tags({Tag.KIND: RunKind.SPARK_PREDICT, Tag.MODEL_URI: model.uri,
                        Tag.MODEL_NAME: model.name or "", Tag.MODEL_VERSION: model.version or "",
                        Tag.DATA_SOURCE: source.location})
         runs.log_resolved_params({
             "model_uri": model.requested, "data": source.location, "source": source.kind,
-            "master": settings.master, "max_records_per_batch": settings.max_records_per_batch,
+            "master": started.conf.get("spark.master", settings.master), "max_records_per_batch": settings.max_records_per_batch,
             "tf_intra_op_threads": settings.tf_intra_op_threads, "tasks": started.task_count,
             "out": str(out_dir.resolve()),
         })
@@ -112,4 +125,6 @@ def spark_predict(
                           "seconds": time.perf_counter() - started_at,
                           "patches_per_s": result["patches_per_s"]})
         runs.log_json({**result, "spark_conf": started.conf}, "spark_predict.json")
+        if before_stop is not None:
+            before_stop(started)
         return result
