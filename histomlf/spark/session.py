@@ -12,6 +12,10 @@ What matters for images, and why it is set here rather than left to Spark's defa
   `OMP_NUM_THREADS` to match; `benchmarks/spark_predict.py` measures the choice.
 - `spark.sql.files.openCostInBytes`: Spark's 4 MB default treats each 2 KB patch as a 4 MB
   file and splits a folder into hundreds of tiny tasks, each loading the model again.
+- Python workers: reused across tasks (`spark.python.worker.reuse`), forked from a daemon that
+  has imported TensorFlow and MLflow (`histomlf.spark.daemon`), and the pyfunc keeps its loaded
+  model per worker (`HISTOMLF_PYFUNC_PROCESS_CACHE`): in `local[N]` mode MLflow's `spark_udf`
+  loads the model in every task. `benchmarks/spark_profile.py` shows what each costs.
 - histomlf importable on the executors (`env_manager="local"`): the folder holding the
   `histomlf` package goes onto the executors' `PYTHONPATH`, the driver's Python is theirs.
 
@@ -56,6 +60,7 @@ class SparkSettings:
     executor_memory: str | None = None
     driver_memory: str = "1g"
     tasks_per_core: int = 2
+    preload: bool = True
     conf: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,8 @@ def executor_env(settings: SparkSettings) -> dict[str, str]:
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": threads,
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # one model load (and graph trace) per Python worker, not per task: see pyfunc.py
+        "HISTOMLF_PYFUNC_PROCESS_CACHE": "1",
     }
 
 
@@ -128,6 +135,10 @@ def session_conf(settings: SparkSettings, local_dir: str) -> dict[str, str]:
         "spark.local.dir": local_dir,
         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON") or sys.executable,
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(settings.max_records_per_batch),
+        # a Python worker (its imports, its loaded model) serves every task of its executor
+        "spark.python.worker.reuse": "true",
+        # workers forked from a daemon that has imported TensorFlow and MLflow already
+        "spark.python.daemon.module": "histomlf.spark.daemon" if settings.preload else "",
         "spark.sql.files.openCostInBytes": str(64 * 1024),
         "spark.sql.shuffle.partitions": "8",
         "spark.sql.session.timeZone": "UTC",
