@@ -6,7 +6,7 @@
 
 Same model (histomlf's `simplecnn`, untrained: inference cost is what counts, no training),
 same patches, same run: the in-process predict first (the baseline), then Spark on `local[2]`
-with a couple of settings (Arrow batch, TF intra-op threads per core), then a standalone cluster
+with the current and the previous worker settings (`--all-variants`: Arrow batch, TF threads), then a standalone cluster
 of two 1-core workers started with pyspark's `spark-class`. Spark's start-up (JVM, context,
 executors) is reported apart from the job's seconds; throughput is patches / job seconds.
 Ends with a paper estimate for the full dataset (277,524 patches) from the measured rates.
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--max-patients", type=int, default=0, help="0: all")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--all-variants", action="store_true",
+                        help="also Arrow batch 256 and TF intra-op 2 (measured 2026-12-04)")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     work = Path(tempfile.mkdtemp(prefix="histomlf-spark-bench-"))
@@ -98,19 +100,27 @@ def main() -> None:
                      "patches": patches})
         print(f"in-process: {baseline:.0f} patches/s ({patches} patches)", flush=True)
 
+        # the current defaults first (so they, not the previous ones, pay the JVM's warm-up in
+        # their first stages), then the previous ones: bare pyspark daemon, model per task
+        before = {"spark.executorEnv.HISTOMLF_PYFUNC_PROCESS_CACHE": "0"}
         variants = [
-            ("local[2], batch 1024, TF threads 1", SparkSettings(master="local[2]")),
-            ("local[2], batch 256, TF threads 1",
-             SparkSettings(master="local[2]", max_records_per_batch=256)),
-            ("local[2], batch 1024, TF threads 2",
-             SparkSettings(master="local[2]", tf_intra_op_threads=2)),
+            ("local[2], preload + model per worker (current)", SparkSettings(master="local[2]")),
+            ("local[2], no preload, model per task (previous)",
+             SparkSettings(master="local[2]", preload=False, conf=before)),
         ]
+        if args.all_variants:
+            variants += [
+                ("local[2], batch 256, TF threads 1",
+                 SparkSettings(master="local[2]", max_records_per_batch=256)),
+                ("local[2], batch 1024, TF threads 2",
+                 SparkSettings(master="local[2]", tf_intra_op_threads=2)),
+            ]
         for name, settings in variants:
             rows.append(_spark_row(name, spark_predict, model_uri, data, work, settings,
                                    baseline))
         if not args.skip_cluster:
             with standalone_cluster(work / "cluster", workers=2, cores=1, memory="1g") as c:
-                rows.append(_spark_row("standalone, 2 workers x 1 core, batch 1024",
+                rows.append(_spark_row("standalone, 2 workers x 1 core (current)",
                                        spark_predict, model_uri, data, work,
                                        SparkSettings(master=c.url), baseline))
         best = max(r["patches_per_s"] for r in rows[1:])
