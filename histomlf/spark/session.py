@@ -12,10 +12,11 @@ What matters for images, and why it is set here rather than left to Spark's defa
   `OMP_NUM_THREADS` to match; `benchmarks/spark_predict.py` measures the choice.
 - `spark.sql.files.openCostInBytes`: Spark's 4 MB default treats each 2 KB patch as a 4 MB
   file and splits a folder into hundreds of tiny tasks, each loading the model again.
-- Python workers: reused across tasks (`spark.python.worker.reuse`), forked from a daemon that
-  has imported TensorFlow and MLflow (`histomlf.spark.daemon`), and the pyfunc keeps its loaded
-  model per worker (`HISTOMLF_PYFUNC_PROCESS_CACHE`): in `local[N]` mode MLflow's `spark_udf`
-  loads the model in every task. `benchmarks/spark_profile.py` shows what each costs.
+- Python workers: reused across tasks (`spark.python.worker.reuse`), forked from a daemon
+  that has imported TensorFlow and MLflow (`histomlf.tracking.spark_daemon`), and the pyfunc
+  keeps its loaded model per worker (`HISTOMLF_PYFUNC_PROCESS_CACHE`): in `local[N]` mode
+  MLflow's `spark_udf` loads the model in every task. `benchmarks/spark_profile.py` shows
+  what each costs.
 - histomlf importable on the executors (`env_manager="local"`): the folder holding the
   `histomlf` package goes onto the executors' `PYTHONPATH`, the driver's Python is theirs.
 
@@ -138,7 +139,7 @@ def session_conf(settings: SparkSettings, local_dir: str) -> dict[str, str]:
         # a Python worker (its imports, its loaded model) serves every task of its executor
         "spark.python.worker.reuse": "true",
         # workers forked from a daemon that has imported TensorFlow and MLflow already
-        "spark.python.daemon.module": "histomlf.spark.daemon" if settings.preload else "",
+        "spark.python.daemon.module": "histomlf.tracking.spark_daemon" if settings.preload else "",
         "spark.sql.files.openCostInBytes": str(64 * 1024),
         # list a patch folder on the driver: past 32 paths Spark lists them with a job of one
         # task per patient folder (220 tasks, 7.5 s for 7,914 patches; benchmarks/spark_profile)

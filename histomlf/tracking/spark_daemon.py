@@ -7,9 +7,10 @@ machine). This module imports them in the daemon first and then runs pyspark's d
 forked workers start with them loaded (copy-on-write). Only imports happen before the fork: no
 TensorFlow op runs and no model is loaded, so no TensorFlow threads exist to be lost by it.
 
-Set by `histomlf.spark.session.session_conf` (`spark.python.daemon.module`); executors must be
-able to import histomlf (they must anyway, for the pyfunc). `HISTOMLF_SPARK_PRELOAD=0` on the
-executors turns the imports off.
+Named (as a string, not imported) by `histomlf.spark.session.session_conf`
+(`spark.python.daemon.module`); it lives in `tracking/` because it imports the pyfunc, which
+`spark/` may not. Executors must be able to import histomlf (they must anyway, for the
+pyfunc). `HISTOMLF_SPARK_PRELOAD=0` on the executors turns the imports off.
 """
 
 from __future__ import annotations
