@@ -84,7 +84,8 @@ def spark_predict(
                        Tag.DATA_SOURCE: source.location})
         runs.log_resolved_params({
             "model_uri": model.requested, "data": source.location, "source": source.kind,
-            "master": started.conf.get("spark.master", settings.master), "max_records_per_batch": settings.max_records_per_batch,
+            "master": started.conf.get("spark.master", settings.master),
+            "max_records_per_batch": settings.max_records_per_batch,
             "tf_intra_op_threads": settings.tf_intra_op_threads, "tasks": started.task_count,
             "out": str(out_dir.resolve()),
         })
@@ -92,15 +93,26 @@ def spark_predict(
             on_session(started)
         spark = started.spark
         job_started = time.perf_counter()
+        phases: dict[str, float] = {}
+
+        def phase(name: str, since: float) -> float:
+            now = time.perf_counter()
+            phases[name] = round(now - since, 3)
+            return now
+
         rows = checked(read_source(spark, source, started.task_count)).persist()
         try:
             bad = quarantine(rows).toPandas()
-            scored = score(kept(rows).repartition(started.task_count),
-                           patch_scorer(spark, model.uri))
+            mark = phase("list_check_quarantine", job_started)
+            scorer = patch_scorer(spark, model.uri)
+            mark = phase("spark_udf", mark)
+            scored = score(kept(rows).repartition(started.task_count), scorer)
             patches_dir = write_patches(scored, out_dir, metadata)
+            mark = phase("score_write", mark)
         finally:
             rows.unpersist()
         patients = patient_summary(spark, patches_dir)
+        phase("patient_summary", mark)
         job_s = time.perf_counter() - job_started
         write_table(patients, out_dir / PATIENTS_FILE, metadata)
         write_table(bad, out_dir / QUARANTINE_FILE, metadata)
@@ -118,6 +130,7 @@ def spark_predict(
             "job_s": job_s,
             "patches_per_s": count / job_s if job_s > 0 else 0.0,
             "executor_tasks": executor_tasks,
+            "phase_s": phases,  # where the job's seconds went, on the driver's clock
             "out": str(out_dir),
         }
         runs.log_metrics({"patches": count, "patients": len(patients), "quarantined": len(bad),
