@@ -24,7 +24,7 @@ from helpers_mlflow import tiny_keras_model
 from study_store import invoke_cli, tracking_env
 
 from histomlf.schema import RunKind, Tag
-from histomlf.spark.cluster import StandaloneCluster, get_json, start_cluster, tasks_by_worker
+from histomlf.spark.cluster import StandaloneCluster, get_json, start_cluster
 from histomlf.spark.outputs import (
     PATCHES_DIR,
     PATIENTS_FILE,
@@ -294,6 +294,30 @@ def test_standalone_cluster_runs_on_both_workers_and_reruns_a_killed_workers_tas
     failed = sum(int(s.get("numFailedTasks", 0)) for s in stages)
     reattempted = [s for s in stages if int(s.get("attemptId", 0)) > 0]
     assert failed > 0 or reattempted, [(s["stageId"], s["attemptId"], s["status"]) for s in stages]
+
+
+def test_the_cli_passes_its_arguments_to_the_spark_recipe_and_prints_one_json_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI's wiring, without a second Spark job (the recipe itself is tested above)."""
+    import json
+
+    import histomlf.recipes.spark_predict as recipe
+
+    calls = []
+
+    def fake(model_uri, data, out, *, settings):
+        calls.append((model_uri, data, out, settings.master))
+        return {"patches": 3, "out": str(out)}
+
+    monkeypatch.setattr(recipe, "spark_predict", fake)
+    monkeypatch.chdir(tmp_path)
+    printed = invoke_cli("predict", f"models:/{MODEL_NAME}@champion", str(tmp_path),
+                         "--engine", "spark", "--master", "spark://127.0.0.1:7077")
+    assert calls == [(f"models:/{MODEL_NAME}@champion", str(tmp_path), Path("predictions"),
+                      "spark://127.0.0.1:7077")]
+    assert json.loads(printed.output.strip().splitlines()[-1]) == {"patches": 3,
+                                                                  "out": "predictions"}
 
 
 def test_missing_java_is_one_line_naming_the_debian_package(tmp_path: Path) -> None:
