@@ -5,9 +5,10 @@
     ... --max-patients 20        # a subset, when the machine is busy
 
 Same model (histomlf's `simplecnn`, untrained: inference cost is what counts, no training),
-same patches, same run: the in-process predict first (the baseline), then Spark on `local[2]`
-with the current and the previous worker settings (`--all-variants`: Arrow batch, TF threads), then a standalone cluster
-of two 1-core workers started with pyspark's `spark-class`. Spark's start-up (JVM, context,
+same patches, same run: the in-process predict first (the baseline), an untimed Spark warm-up
+job, then Spark on `local[2]` with the previous and the current worker settings
+(`--all-variants`: also Arrow batch and TF threads), then a standalone cluster of two 1-core
+workers started with pyspark's `spark-class`. Spark's start-up (JVM, context,
 executors) is reported apart from the job's seconds; throughput is patches / job seconds.
 Ends with a paper estimate for the full dataset (277,524 patches) from the measured rates.
 """
