@@ -118,3 +118,13 @@ def test_evaluate_refuses_a_test_split_for_a_fold_ensemble(study_store, idc_samp
         assert "no unseen test split" in result.output
         assert len(result.output.strip().splitlines()) == 1
         assert len(client.search_runs([study_store.experiment_id])) == runs_before
+
+
+def test_registry_list_says_the_ensemble_is_scored_out_of_fold(study_store) -> None:
+    from study_store import invoke_cli
+
+    with tracking_env(MLFLOW_TRACKING_URI=study_store.tracking_uri):
+        listed = invoke_cli("registry", "list", CV_FINAL_NAME).output
+        train_listed = invoke_cli("registry", "list", "idc-study").output
+    assert "SCORED ON" in listed and "out-of-fold on" in listed
+    assert "test split" in train_listed and "out-of-fold" not in train_listed

@@ -226,3 +226,6 @@ def test_the_web_model_card_reads_the_registered_cv_final_ensemble(
     assert card.split_digest == final.tags[Tag.SPLIT_DIGEST]
     assert version.tags[VersionTag.KIND] == RunKind.CV_FINAL
     assert version.tags[VersionTag.FOLD_RUNS] and version.tags[VersionTag.GATE_SCORE]
+    # Its scores are the out-of-fold ones, shown as such (it has no test split).
+    assert card.scope == "oof" and not any(k.startswith("test_") for k in card.metrics)
+    assert card.metrics["oof_roc_auc"] == final.metrics["oof_roc_auc"]

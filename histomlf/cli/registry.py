@@ -18,6 +18,7 @@ _COLUMNS = (
     ("MODEL", ModelMeta.MODEL, 16),
     ("METRIC", VersionTag.GATE_METRIC, 12),
     ("SCORE", VersionTag.GATE_SCORE, 8),
+    ("SCORED ON", VersionTag.SCORES, 32),
     ("CHAMP", VersionTag.GATE_CHAMPION_SCORE, 8),
     ("DECISION", VersionTag.GATE_DECISION, 10),
     ("DATA", ModelMeta.DATA_DIGEST, 12),
@@ -101,6 +102,9 @@ def _cell(version, key: str, cap: int) -> str:
         value = ",".join(version.aliases)
     elif key in ("version", "created"):
         value = getattr(version, key)
+    elif key == VersionTag.SCORES:  # CV-final versions say "out-of-fold on N patients"
+        value = version.tags.get(key) or ("test split" if version.tags.get(VersionTag.GATE_SCORE)
+                                          else "")
     else:
         value = version.tags.get(key, "")
     value = str(value).replace("\n", " ")

@@ -157,10 +157,10 @@ def create_app(
         "card": card,
         "threshold": scorer.threshold,
         "run_url": card.run_url(mlflow_ui_url),
-        "metrics": [(label, metric_with_interval(card.metrics, f"test_{name}"))
-                    for name, label in MODEL_METRICS if f"test_{name}" in card.metrics],
-        "patient_auc": card.metrics.get("test_patient_roc_auc"),
-        "compared": {key: metric_with_interval(card.metrics, f"test_{key}")
+        "metrics": [(label, metric_with_interval(card.metrics, f"{card.scope}_{name}"))
+                    for name, label in MODEL_METRICS if f"{card.scope}_{name}" in card.metrics],
+        "patient_auc": card.metrics.get(f"{card.scope}_patient_roc_auc"),
+        "compared": {key: metric_with_interval(card.metrics, f"{card.scope}_{key}")
                      for key, _ in about.COMPARED},
         "limits": limits,
         "scoring_slots": scoring_slots,

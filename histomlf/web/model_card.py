@@ -48,7 +48,11 @@ class ModelCard:
     data_digest: str | None = None
     split_digest: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    """The run's `test_*` metrics (`*_ci_low` / `*_ci_high` included)."""
+    """The run's `<scope>_*` metrics (`*_ci_low` / `*_ci_high` included)."""
+    scope: str = "test"
+    """`test` (a held-out test split) or `oof` (a CV-final ensemble: out-of-fold, every patient
+    scored by the fold model that never saw it; it has no test split)."""
+    oof_patients: str | None = None
     split_sizes: dict[str, str] = field(default_factory=dict)
     """`test_patients`, `test_patches`, `train_patients`... as logged (strings)."""
 
@@ -114,7 +118,17 @@ def card_fields(run_id: str, run: StoredRun | None) -> tuple[dict, dict[str, str
         "backbone": params.get("model"),
         "weights": params.get("weights"),
         "data_source": tags.get(Tag.DATA_SOURCE),
-        "metrics": {k: v for k, v in run.metrics.items() if k.startswith("test_")},
         "split_sizes": {k: v for k, v in params.items() if _SPLIT_SIZE.fullmatch(k)},
+        **scored_metrics(run.metrics),
     }
     return fields, dict(tags)
+
+
+def scored_metrics(metrics: dict[str, float]) -> dict:
+    """The card's scores: `test_*`, or for a run without them (a CV-final ensemble) its
+    out-of-fold `oof_*` scores — never presented as a test split."""
+    for scope in ("test", "oof"):
+        scoped = {k: v for k, v in metrics.items() if k.startswith(f"{scope}_")}
+        if scoped:
+            return {"metrics": scoped, "scope": scope}
+    return {"metrics": {}, "scope": "test"}
