@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from histomlf.spark.session import SparkSettings, executor_env, java_executable
-from histomlf.stack.processes import free_port, spawn, terminate_group, wait_until
+from histomlf.stack.processes import Service, free_port, terminate_group, wait_until
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -107,11 +107,11 @@ class StandaloneCluster:
         name = f"worker-{index}"
         work_dir, ui_port, log = self.root / name, free_port(), self.root / f"{name}.log"
         work_dir.mkdir(exist_ok=True)
-        process = spawn(
+        process = Service(name, self.root / f"{name}.pid", log).start(
             [str(spark_home() / "bin" / "spark-class"), WORKER_CLASS, "--host", "127.0.0.1",
              "--cores", str(cores), "--memory", memory, "--work-dir", str(work_dir),
              "--webui-port", str(ui_port), self.url],
-            log_path=log, pid_path=self.root / f"{name}.pid", env=env or _daemon_env(None),
+            env=env or _daemon_env(None),
             cwd=self.root,
         )
         daemon = Daemon(name, process, ui_port, log)
@@ -163,10 +163,10 @@ def start_cluster(
     log = root / "master.log"
     master = Daemon(
         "master",
-        spawn(
+        Service("master", root / "master.pid", log).start(
             [spark_class, MASTER_CLASS, "--host", "127.0.0.1", "--port", str(port),
              "--webui-port", str(ui_port)],
-            log_path=log, pid_path=root / "master.pid", env=daemon_env, cwd=root,
+            env=daemon_env, cwd=root,
         ),
         ui_port,
         log,
