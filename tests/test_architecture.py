@@ -10,6 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "histomlf"
 BELOW_RECIPES = (
     "data", "training", "tuning", "evaluation", "models", "tracking", "serving", "slides",
+    "spark",
 )
 
 
@@ -126,6 +127,18 @@ def test_nothing_below_recipes_imports_recipes(layer: str) -> None:
         if name.startswith(f"histomlf.{layer}")
         for target, line in imports_of(name)
         if target.startswith("histomlf.recipes") or target.startswith("histomlf.cli")
+    ]
+    assert offenders == []
+
+
+def test_spark_glue_stays_below_tracking() -> None:
+    """`spark/` is plain Spark: the model reaches it only through `tracking/spark_scoring`."""
+    offenders = [
+        f"{name}:{line}"
+        for name in MODULES
+        if name.startswith("histomlf.spark")
+        for target, line in imports_of(name)
+        if target.startswith("histomlf.tracking")
     ]
     assert offenders == []
 

@@ -59,17 +59,34 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
 @click.argument("data")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=Path("predictions.csv"),
     show_default=True,
-    help="per-patch CSV; the per-patient summary goes beside it",
+    help="per-patch CSV; the per-patient summary goes beside it (--engine spark: a folder)",
 )
 @click.option("--batch-size", type=int, default=256, show_default=True)
-def predict(model_uri: str, data: str, out: Path, batch_size: int) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: in this process; spark: on Apache Spark (DATA may also be s3://bucket/prefix)",
+)
+@click.option("--master", default="local[*]", show_default=True,
+              help="Spark master URL for --engine spark (local[N], spark://host:port, k8s://...)")
+def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
+            master: str) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
     with shown_as_one_line():
         check_inputs(model_uri, data)
     check_tracking_server()
+    if engine == "spark":
+        from histomlf.cli.spark import predict_on_spark
+
+        predict_on_spark(model_uri, data, out, master)
+        return
+    if out.is_dir():
+        raise click.ClickException(f"--out is a folder ({out}); the local engine writes a CSV")
     from histomlf.recipes.evaluate import predict as predict_recipe
 
     with shown_as_one_line():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,12 @@ from histomlf.serving.inputs import (
 
 IMAGE_COLUMN = "image"
 MODEL_ARTIFACT = "keras_model"
+# Set on Spark executors (`histomlf.spark.session.executor_env`): keep each loaded Keras model and
+# its traced predictor for the life of the Python worker. In `local[N]` mode MLflow's
+# `spark_udf` calls `mlflow.pyfunc.load_model` in every task (its `SparkModelCache` serves only
+# cluster mode), so without this every task re-loads the model and re-traces its graphs.
+PROCESS_CACHE_ENV = "HISTOMLF_PYFUNC_PROCESS_CACHE"
+_PROCESS_CACHE: dict[tuple[str, int, int], tuple[Any, Any]] = {}
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_LIMITS = {
     "max_images": DEFAULT_MAX_IMAGES,
@@ -90,10 +97,18 @@ class IdcPatchClassifier(mlflow.pyfunc.PythonModel):
         }
         self.max_images, self.max_bytes = limits["max_images"], limits["max_bytes"]
         self.max_pixels, self.batch_size = limits["max_pixels"], limits["batch_size"]
+        path = context.artifacts[MODEL_ARTIFACT]
+        key = (os.path.realpath(path), os.stat(path).st_mtime_ns, self.batch_size)
+        cache = os.environ.get(PROCESS_CACHE_ENV) == "1"
+        if cache and key in _PROCESS_CACHE:
+            self.keras_model, self.predictor = _PROCESS_CACHE[key]
+            return
         _register_custom_layers()
-        self.keras_model = keras.saving.load_model(context.artifacts[MODEL_ARTIFACT], compile=False)
+        self.keras_model = keras.saving.load_model(path, compile=False)
         self.predictor = CompiledPredictor(self.keras_model, buckets_up_to(self.batch_size))
         self.predictor.warm((1,))
+        if cache:
+            _PROCESS_CACHE[key] = (self.keras_model, self.predictor)
 
     def predict(
         self,
