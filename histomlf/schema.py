@@ -315,6 +315,7 @@ class SlideArtifact:
     IDC_REGIONS_GEOJSON = "idc_regions.geojson"
     SUMMARY = "summary.json"
     FOLDER_SUMMARY = "slides.csv"
+    FOLDER_PARQUET = "slides.parquet"  # the same table from `--engine spark`
 
 
 # The probability column of tile tables: WSInfer's ``prob_<class>`` convention.

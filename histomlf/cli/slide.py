@@ -73,6 +73,15 @@ def slide() -> None:
     help="fixed HSV-saturation threshold of the tissue mask (default: Otsu, clipped)",
 )
 @click.option("--workers", type=int, default=2, show_default=True, help="tile-reading threads")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: in this process; spark: one Spark task per slide (OUT on a shared filesystem)",
+)
+@click.option("--master", default="local[*]", show_default=True,
+              help="Spark master URL for --engine spark (local[N], spark://host:port, k8s://...)")
 def predict(
     model_uri: str,
     source: Path,
@@ -84,6 +93,8 @@ def predict(
     ink_filter: bool,
     tissue_threshold: float | None,
     workers: int,
+    engine: str,
+    master: str,
 ) -> None:
     """Score SOURCE (a slide file or a folder of them) with MODEL_URI at the model's scale.
 
@@ -101,6 +112,27 @@ def predict(
     except SlideError as error:
         raise click.ClickException(str(error)) from error
     check_tracking_server()
+    if engine == "spark":
+        result = _on_spark(model_uri, source, out, options, patch_mpp, master)
+    else:
+        result = _in_process(model_uri, source, out, options, patch_mpp)
+    _report(result, out)
+
+
+def _on_spark(model_uri, source, out, options, patch_mpp, master):
+    from histomlf.spark.session import SparkSettings, SparkUnavailable, java_executable
+
+    try:
+        java_executable()  # before TensorFlow, MLflow or a JVM: seconds, one line
+        from histomlf.recipes.spark_slide import spark_predict_slides
+
+        return spark_predict_slides(model_uri, source, out, options, patch_mpp=patch_mpp,
+                                    settings=SparkSettings(master=master))
+    except (SparkUnavailable, *user_errors()) as error:
+        raise click.ClickException(_one_line(error)) from error
+
+
+def _in_process(model_uri, source, out, options, patch_mpp):
     from tqdm.auto import tqdm
 
     from histomlf.recipes.slide import predict_slides
@@ -117,11 +149,14 @@ def predict(
             bar.close()
 
     try:
-        result = predict_slides(
+        return predict_slides(
             model_uri, source, out, options, patch_mpp=patch_mpp, progress=progress
         )
     except user_errors() as error:
         raise click.ClickException(_one_line(error)) from error
+
+
+def _report(result, out: Path) -> None:
     for row in result.rows:
         if row["status"] == "ok":
             click.echo(

@@ -96,6 +96,32 @@ def load_slide_model(model_uri: str, *, patch_mpp: float | None = None) -> Slide
     )  # fmt: skip
 
 
+def slide_model_info(model_uri: str, *, patch_mpp: float | None = None) -> SlideModel:
+    """What a driver needs of a logged model without loading it (no TensorFlow, only its
+    `MLmodel` file): scale, threshold, batch size, name and version, refusals included. Its
+    `score` refuses to run: the tasks load the model themselves (`tracking/spark_slides`)."""
+    from mlflow.models import Model
+
+    from histomlf.tracking.pyfunc import DEFAULT_LIMITS, _check_threshold, config_key
+
+    logged = Model.load(model_uri)
+    patch_px, mpp = model_scale(logged.metadata, patch_mpp)
+    flavor = logged.flavors.get("python_function", {})
+    config = flavor.get("config") or flavor.get("model_config") or {}  # MLmodel says "config"
+    batch_size = min(int(config.get(config_key(key), DEFAULT_LIMITS[key]))
+                     for key in ("batch_size", "max_images"))
+    name, version = resolve_version(model_uri)
+
+    def score(batch):
+        raise RuntimeError(f"{model_uri} is described, not loaded: use load_slide_model")
+
+    return SlideModel(
+        score=score, threshold=_check_threshold(config.get(config_key("threshold"))),
+        patch_px=patch_px, patch_mpp=mpp, uri=model_uri, name=name, version=version,
+        batch_size=max(1, batch_size),
+    )  # fmt: skip
+
+
 def _model_tags(model: SlideModel) -> dict[str, str]:
     return {Tag.MODEL_URI: model.uri, Tag.MODEL_NAME: model.name, Tag.MODEL_VERSION: model.version}
 
@@ -111,10 +137,12 @@ def batch_run(model: SlideModel, source: str, params: Mapping[str, Any]) -> Iter
 
 @contextlib.contextmanager
 def slide_run(
-    model: SlideModel, slide: Path, params: Mapping[str, Any], *, nested: bool
+    model: SlideModel, slide: Path, params: Mapping[str, Any], *, nested: bool,
+    sha256: str | None = None,
 ) -> Iterator[str]:
     """One slide's run (nested under the active batch run when `nested`), tagged with the
-    slide's SHA-256 before it is read; yields its run id.
+    slide's SHA-256 before it is read (`sha256` when the caller has it: a Spark task hashed the
+    slide already); yields its run id.
 
     A `SlideError` inside marks the run FAILED with the reason as a tag and is re-raised.
     """
@@ -125,8 +153,8 @@ def slide_run(
     )
     with opener as run:
         runs.log_resolved_params({**params, "model_uri": model.uri})
-        if slide.is_file():  # by content, failed slides too
-            runs.set_tags({Tag.SLIDE_SHA256: sha256_of(slide)})
+        if sha256 or slide.is_file():  # by content, failed slides too
+            runs.set_tags({Tag.SLIDE_SHA256: sha256 or sha256_of(slide)})
         try:
             yield run.info.run_id
         except SlideError as error:
@@ -152,8 +180,8 @@ def log_slide_result(result: SlideResult) -> None:
 
 
 def log_folder_table(path: Path) -> None:
-    """The folder's `slides.csv` on the batch run."""
-    if path.name != SlideArtifact.FOLDER_SUMMARY:
+    """The folder's `slides.csv` (or `slides.parquet`, from Spark) on the batch run."""
+    if path.name not in (SlideArtifact.FOLDER_SUMMARY, SlideArtifact.FOLDER_PARQUET):
         raise ValueError(f"expected {SlideArtifact.FOLDER_SUMMARY}, got {path.name}")
     mlflow.log_artifact(str(path))
 
