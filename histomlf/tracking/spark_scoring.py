@@ -64,7 +64,8 @@ def images_per_call(model_uri: str) -> int:
     from mlflow.models import Model
 
     flavor = Model.load(model_uri).flavors.get("python_function", {})
-    config = flavor.get("model_config") or {}
+    # MLflow writes a pyfunc's model_config under the flavor's `config` key in MLmodel.
+    config = flavor.get("config") or flavor.get("model_config") or {}
     return int(config.get(config_key("max_images"), DEFAULT_LIMITS["max_images"]))
 
 
