@@ -40,6 +40,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.common import cli, latencies_ms, row, sample_rows, summary_ms  # noqa: E402
 
+
+def _test_helpers() -> Any:
+    """tests/helpers_mlflow (serve, post_json), which imports its sibling test helpers."""
+    import sys
+
+    tests_dir = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    import helpers_mlflow
+
+    return helpers_mlflow
+
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 # name: (uvicorn workers, extra server environment); the first is what users get by default.
 CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
@@ -96,7 +108,7 @@ def stock_env(store: Path) -> dict[str, str]:
 
 
 def post_ok(url: str, payload: Any) -> None:
-    from tests.helpers_mlflow import post_json
+    post_json = _test_helpers().post_json
 
     reply = post_json(f"{url}/invocations", payload)
     if reply.status != 200:
@@ -209,7 +221,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     from histomlf.data.pipeline import make_dataset
     from histomlf.models.inference import CompiledPredictor
-    from tests.helpers_mlflow import serve
+    serve = _test_helpers().serve
 
     plan = QUICK if quick else FULL
     rows = sample_rows().sample(n=plan["batch"], random_state=0).reset_index(drop=True)

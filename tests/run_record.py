@@ -43,6 +43,9 @@ def _artifacts(client: Any, run_id: str, folder: str = "") -> list[str]:
     return found
 
 
+SYSTEM_METRICS = "system/"
+
+
 def record(client: Any, *experiment_ids: str) -> dict[str, dict[str, list[str]]]:
     """Per run kind: sorted `params`, `metrics`, `tags` and `artifacts` (numbers as `N`)."""
     kinds: dict[str, dict[str, set[str]]] = {}
@@ -54,7 +57,8 @@ def record(client: Any, *experiment_ids: str) -> dict[str, dict[str, list[str]]]
         entry = kinds.setdefault(kind, {"params": set(), "metrics": set(), "tags": set(),
                                         "artifacts": set()})
         entry["params"] |= set(run.data.params)
-        entry["metrics"] |= set(run.data.metrics)
+        # MLflow's own system/* metrics are sampled every 10 s: a short run may log none.
+        entry["metrics"] |= {k for k in run.data.metrics if not k.startswith(SYSTEM_METRICS)}
         entry["tags"] |= {k for k in tags if not k.startswith("mlflow.")}
         entry["artifacts"] |= {normalise(p) for p in _artifacts(client, run.info.run_id)}
     return {kind: {field: sorted(values) for field, values in entry.items()}
@@ -66,7 +70,8 @@ def difference(recorded: dict, today: dict) -> list[str]:
     lines = []
     for kind in sorted(set(recorded) | set(today)):
         for field in ("params", "metrics", "tags", "artifacts"):
-            before = set(recorded.get(kind, {}).get(field, ()))
+            before = {k for k in recorded.get(kind, {}).get(field, ())
+                      if not (field == "metrics" and k.startswith(SYSTEM_METRICS))}
             after = set(today.get(kind, {}).get(field, ()))
             lines += [f"{kind} {field}: lost {key}" for key in sorted(before - after)]
             lines += [f"{kind} {field}: new {key}" for key in sorted(after - before)]

@@ -73,7 +73,7 @@ def test_a_killed_worker_is_restarted_and_every_trial_finishes(
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             victim = wait_for(lambda: first_epoch_logged(client, "0") or first_epoch_logged(
-                client, "1"), RUN_TIMEOUT_S, "a trial's first epoch in the store", process)
+                client, "1"), RUN_TIMEOUT_S, "a trial's first epoch in the store", process=process)
             os.kill(int(victim.data.tags["histomlf.worker_pid"]), signal.SIGKILL)
             process.wait(timeout=RUN_TIMEOUT_S)
         finally:

@@ -56,10 +56,10 @@ def start_and_kill_mid_trial(command: list[str], tmp_path: Path, env: dict[str, 
     try:
         if epoch is None:
             wait_for(lambda: trial_running(client, trial_id), KILL_WAIT_S,
-                     f"trial {trial_id} running", process)
+                     f"trial {trial_id} running", process=process)
         else:
             wait_for(lambda: first_epoch_logged(client, trial_id, epoch), KILL_WAIT_S,
-                     f"trial {trial_id}'s epoch {epoch} in the store", process)
+                     f"trial {trial_id}'s epoch {epoch} in the store", process=process)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
