@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histomlf.environment import environ_set
+
 JAVA_PACKAGE = "openjdk-17-jre-headless"
 JAVA_MIN_MAJOR = 17
 PYFUNC_MAX_IMAGES = 1024
@@ -218,7 +220,7 @@ def spark_session(settings: SparkSettings | None = None) -> Iterator[StartedSpar
         "JAVA_HOME": os.environ.get("JAVA_HOME") or str(Path(os.path.realpath(java)).parents[1]),
     }
     started = time.perf_counter()
-    with _environ(environ), tempfile.TemporaryDirectory(prefix="histomlf-spark-") as local_dir:
+    with environ_set(environ), tempfile.TemporaryDirectory(prefix="histomlf-spark-") as local_dir:
         conf = session_conf(settings, local_dir)
         builder = SparkSession.builder
         for key, value in conf.items():
@@ -232,20 +234,6 @@ def spark_session(settings: SparkSettings | None = None) -> Iterator[StartedSpar
             )
         finally:
             spark.stop()
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _is_local_host(master: str) -> bool:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
+from histomlf.environment import environ_set
 from histomlf.schema import Artifact
 
 PROBE_ARTIFACT = Artifact.PROBE
@@ -131,16 +132,8 @@ def _short_requests(timeout: float) -> Iterator[None]:
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout))),
         "AWS_MAX_ATTEMPTS": "1",
     }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
+    with environ_set(overrides):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def probe_artifact_write(
