@@ -11,6 +11,7 @@ from histomlf.choices import CALIBRATION_CHOICES, FINAL_CHOICES
 from histomlf.cli.errors import check_tracking_server, shown_as_one_line
 from histomlf.cli.options import (
     config_options,
+    engine_options,
     experiment_name_option,
     experiment_option,
     load_checked_config,
@@ -66,15 +67,7 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
     help="per-patch CSV; the per-patient summary goes beside it (--engine spark: a folder)",
 )
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "spark"]),
-    default="local",
-    show_default=True,
-    help="local: in this process; spark: on Apache Spark (DATA may also be s3://bucket/prefix)",
-)
-@click.option("--master", default="local[*]", show_default=True,
-              help="Spark master URL for --engine spark (local[N], spark://host:port, k8s://...)")
+@engine_options("local: in this process; spark: on Apache Spark (DATA may also be s3://bucket/prefix)")
 def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
             master: str) -> None:
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""

@@ -124,3 +124,15 @@ def use_experiment_name(name: str, *, fixed_by: str = "") -> None:
             f"({os.environ['MLFLOW_EXPERIMENT_ID']}): unset one of them"
         )
     os.environ["MLFLOW_EXPERIMENT_NAME"] = name
+
+
+def engine_options(engine_help: str) -> Decorator:
+    """`--engine local|spark` (with `engine_help` saying what spark does for this verb) and
+    `--master`, shared by the verbs that can score on Apache Spark."""
+    engine = click.option("--engine", type=click.Choice(["local", "spark"]), default="local",
+                          show_default=True, help=engine_help)
+    master = click.option(
+        "--master", default="local[*]", show_default=True,
+        help="Spark master URL for --engine spark (local[N], spark://host:port, k8s://...)",
+    )
+    return lambda function: engine(master(function))

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from histomlf.cli.errors import check_tracking_server, user_errors
+from histomlf.cli.options import engine_options
 from histomlf.schema import SlideArtifact
 
 
@@ -73,15 +74,9 @@ def slide() -> None:
     help="fixed HSV-saturation threshold of the tissue mask (default: Otsu, clipped)",
 )
 @click.option("--workers", type=int, default=2, show_default=True, help="tile-reading threads")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "spark"]),
-    default="local",
-    show_default=True,
-    help="local: in this process; spark: one Spark task per slide (OUT on a shared filesystem)",
+@engine_options(
+    "local: in this process; spark: one Spark task per slide (OUT on a shared filesystem)"
 )
-@click.option("--master", default="local[*]", show_default=True,
-              help="Spark master URL for --engine spark (local[N], spark://host:port, k8s://...)")
 def predict(
     model_uri: str,
     source: Path,
