@@ -39,7 +39,9 @@ REPEATS = 3
 MODEL_NAME = "bench-web"
 
 
-def log_model(store: Path) -> str:
+def log_model(store: Path, name: str = MODEL_NAME, metadata: dict | None = None) -> str:
+    """The default recipe's network, untrained, registered as `name` v1 in a store under
+    `store` (`metadata`: e.g. the patch scale a slide needs)."""
     import mlflow
 
     from histomlf.config import load_experiment
@@ -52,8 +54,8 @@ def log_model(store: Path) -> str:
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     experiment = mlflow.create_experiment("web", artifact_location=str(store / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
-        log_patch_classifier(model, threshold=0.5, registered_model_name=MODEL_NAME)
-    return f"models:/{MODEL_NAME}/1"
+        log_patch_classifier(model, threshold=0.5, registered_model_name=name, metadata=metadata)
+    return f"models:/{name}/1"
 
 
 def patient_zip(paths: list[str], labels: list[int]) -> bytes:

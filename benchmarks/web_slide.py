@@ -28,6 +28,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from benchmarks import web_page  # noqa: E402
 from benchmarks.common import cli, row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,22 +38,11 @@ BYTES_PER_CELL = 2870.0  # deflate bytes of one 50-px cell of the synthetic canv
 
 
 def log_model(store: Path) -> str:
-    import mlflow
-
-    from histomlf.config import load_experiment
-    from histomlf.models import create_model
     from histomlf.schema import ModelMeta
-    from histomlf.tracking.pyfunc import log_patch_classifier
 
-    config, _ = load_experiment("default")
-    model = create_model(config.model, weights="none", image_size=50, dropout=config.dropout,
-                         dense_units=config.dense_units)  # fmt: skip
-    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
-    experiment = mlflow.create_experiment("web", artifact_location=str(store / "artifacts"))
-    with mlflow.start_run(experiment_id=experiment):
-        log_patch_classifier(model, threshold=0.5, registered_model_name=MODEL_NAME,
-                             metadata={ModelMeta.PATCH_PX: 50, ModelMeta.PATCH_MPP: 4.0})
-    return f"models:/{MODEL_NAME}/1"
+    return web_page.log_model(
+        store, MODEL_NAME, metadata={ModelMeta.PATCH_PX: 50, ModelMeta.PATCH_MPP: 4.0}
+    )
 
 
 def write_slide(path: Path, target_mb: int) -> Path:
