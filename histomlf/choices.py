@@ -16,5 +16,5 @@ TTA_CHOICES = ("none", "dihedral8")
 LOG_MODELS_CHOICES = ("best", "all")
 DIRECTION_CHOICES = ("max", "min")
 # `histomlf cv --final`: what the folds leave behind, and how that final model is calibrated.
-FINAL_CHOICES = ("none", "ensemble")
+FINAL_CHOICES = ("none", "ensemble", "refit")
 CALIBRATION_CHOICES = ("platt", "none")

@@ -270,11 +270,13 @@ class ModelMeta:
     # what its input is: `patch_px` pixels a side at `patch_mpp` µm/px (issue 22); also run params
     PATCH_PX = "patch_px"
     PATCH_MPP = "patch_mpp"
-    # a CV-final ensemble (`recipes/cv_final.py`): FINAL is `CV_ENSEMBLE`, FOLDS its member count
+    # a CV-final model (`recipes/cv_final.py`): FINAL is `CV_ENSEMBLE` or `CV_REFIT`, FOLDS the K
     FINAL = "final"
     FOLDS = "folds"
     CV_ENSEMBLE = "cv-ensemble"
     """The value of `FINAL` on a fold ensemble (no unseen split of its own)."""
+    CV_REFIT = "cv-refit"
+    """The value of `FINAL` on a model refitted on every patient of its cross-validation."""
 
 
 class VersionTag:

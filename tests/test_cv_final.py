@@ -14,7 +14,9 @@ from histomlf.recipes.cv_final import (
     check_final,
     fold_assignment_digest,
     fold_metrics_named,
+    every_patient_split,
     pooled_out_of_fold,
+    refit_config,
     score_out_of_fold,
 )
 
@@ -102,3 +104,18 @@ def test_fold_summary_names_say_fold_not_test_and_checks_refuse_early() -> None:
         check_final("refit-all", "platt", 5, ())
     with pytest.raises(ValueError, match="calibrate must be"):
         check_final("ensemble", "isotonic", 5, ())
+
+
+def test_refit_trains_the_median_of_the_folds_epochs_on_every_patient() -> None:
+    from dataclasses import replace
+
+    from histomlf.config import TrainConfig
+
+    config = TrainConfig(epochs=60, fine_tune_epochs=10, early_stopping_patience=3)
+    ran = [replace(FOLDS[0], epochs=e, fine_tune_epochs=f) for e, f in ((12, 4), (30, 0), (17, 9))]
+    refit = refit_config(config, ran)
+    assert (refit.epochs, refit.fine_tune_epochs, refit.early_stopping_patience) == (17, 4, 0)
+    assert refit.learning_rate == config.learning_rate and refit.seed == config.seed
+    manifest = pd.DataFrame({"patient_id": ["9", "10", "9", "11"], "label": [0, 1, 1, 0]})
+    split = every_patient_split(manifest)
+    assert sorted(split["patient_id"]) == ["10", "11", "9"] and set(split["split"]) == {"train"}

@@ -124,3 +124,53 @@ def test_cv_screens_chosen_folds_of_the_same_split_and_can_log_their_models(
     rows = [frame.sort_values(key)[key].values.tolist() for frame in (logged, expected)]
     assert rows[0] == rows[1]
     assert model.metadata.metadata["model"] == "simplecnn"
+
+
+@pytest.mark.slow
+def test_cv_final_refit_trains_one_model_on_every_patient(
+    tmp_path: Path, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`final="refit"`: one model on every patient (the logged split says so) for the folds'
+    epochs, with the out-of-fold threshold and Platt map inside it, scored only out-of-fold,
+    registered, and refused a test split by `evaluate`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from histomlf.data.scan import scan_to_cache
+    from histomlf.data.splits import load_split
+    from histomlf.errors import UserError
+    from histomlf.evaluation.calibration import PlattMap
+    from histomlf.models.averaging import calibration_of
+    from histomlf.recipes.cv import cross_validate
+    from histomlf.recipes.evaluate import refuse_fold_ensemble_split
+    from histomlf.schema import ModelMeta, RunKind, Tag, VersionTag
+
+    monkeypatch.setenv("HISTOMLF_CACHE", str(tmp_path / "cache"))
+    config = tiny_config(synthetic, explain=False)
+    with tmp_store(tmp_path) as store:
+        result = cross_validate(config, 2, final="refit", register_as="idc-refit-test")
+        final = result["final"]
+        client = MlflowClient(store.tracking_uri)
+        run = client.get_run(final["run_id"])
+        split = load_split(client.download_artifacts(run.info.run_id, "data/split.csv",
+                                                     str(tmp_path)))
+        model = mlflow.pyfunc.load_model(final["model_uri"])
+        with pytest.raises(UserError, match="refitted on every patient"):
+            refuse_fold_ensemble_split(final["model_uri"], "test")
+        version = client.get_model_version("idc-refit-test", final["gate"].version)
+
+    patients = set(scan_to_cache(synthetic).manifest["patient_id"].astype(str))
+    assert set(split["patient_id"].astype(str)) == patients and set(split["split"]) == {"train"}
+    assert run.data.tags[Tag.KIND] == RunKind.CV_FINAL
+    assert run.data.params["final"] == "refit" and run.data.params["refit_epochs"] == "1"
+    assert run.data.params["val_patches"] == "0" and run.data.params["test_patches"] == "0"
+    assert int(run.data.params["train_patients"]) == len(patients) == final["patients"]
+    assert not [k for k in run.data.metrics if k.startswith("test_")]
+    assert "oof_roc_auc" in run.data.metrics
+    assert model.metadata.metadata[ModelMeta.FINAL] == ModelMeta.CV_REFIT
+    keras_model = model.unwrap_python_model().keras_model
+    calibration = calibration_of(keras_model)
+    platt = PlattMap(run.data.metrics["platt_slope"], run.data.metrics["platt_intercept"])
+    if not platt.is_identity:
+        assert calibration == (platt.slope, platt.intercept)
+    assert "refit itself trained on all" in version.tags[VersionTag.SCORES]

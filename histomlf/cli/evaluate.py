@@ -111,7 +111,9 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
     default="none",
     show_default=True,
     help="ensemble: after the folds, their models averaged into one calibrated model with "
-    "out-of-fold scores (a nested cv-final run; registered with --register-as)",
+    "out-of-fold scores; refit: one model trained on every patient for the folds' median "
+    "epochs, with the same threshold, calibration and out-of-fold scores (a nested cv-final "
+    "run; registered with --register-as)",
 )
 @click.option(
     "--calibrate",
@@ -132,7 +134,8 @@ def cv(
     **options,
 ) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent;
-    with --final ensemble, the fold models as one calibrated, registered final model."""
+    with --final ensemble, the fold models as one calibrated, registered final model (with
+    --final refit, one model trained on every patient)."""
     if folds < 2:
         raise click.ClickException("--folds must be at least 2")
     try:
@@ -145,7 +148,8 @@ def cv(
         raise click.ClickException(f"--only-folds: fold numbers run from 1 to {folds}")
     if final == "none" and options.get("register_as"):
         raise click.ClickException(
-            "--register-as registers the final model of --final ensemble; a plain cv has none"
+            "--register-as registers the final model of --final ensemble|refit; a plain cv "
+            "has none"
         )
     with shown_as_one_line():
         config, _ = load_checked_config(experiment, options)
@@ -175,7 +179,7 @@ def cv(
         done = result["final"]
         scores = done["metrics"]
         click.echo(
-            f"final ensemble {done['model_uri']}: out-of-fold on {done['patients']} patients "
+            f"final {done['final']} {done['model_uri']}: out-of-fold on {done['patients']} patients "
             f"ROC-AUC {scores['oof_roc_auc']:.4f}, ECE {scores['oof_ece_uncalibrated']:.3f} -> "
             f"{scores['oof_ece']:.3f} after calibration"
         )

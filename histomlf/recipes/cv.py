@@ -58,8 +58,9 @@ def cross_validate(
     per fold (run id, seconds, headline test metrics).
 
     `final="ensemble"` then makes the fold models one calibrated ensemble with out-of-fold
-    scores (`histomlf.recipes.cv_final`), registered under `register_as` when given; the
-    result gains `"final"`.
+    scores (`histomlf.recipes.cv_final`), `final="refit"` one model trained on every patient
+    with the folds' threshold, calibration and out-of-fold scores; registered under
+    `register_as` when given; the result gains `"final"`.
     """
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import patient_kfold
@@ -127,9 +128,10 @@ def cross_validate(
                         FoldOutcome(
                             index=index,
                             run_id=child.info.run_id,
-                            model=outcome.model,
+                            model=outcome.model if final == "ensemble" else None,
                             test=outcome.evaluation.splits["test"],
-                            epochs=len(outcome.fit.history.get("loss", [])),
+                            epochs=len(outcome.fit.phase_epochs(1)),
+                            fine_tune_epochs=len(outcome.fit.phase_epochs(2)),
                         )
                     )
                 metrics = outcome.metrics()
@@ -155,6 +157,8 @@ def cross_validate(
                 calibrate=calibrate,
                 register_as=demo_named(register_as, data) if register_as else "",
                 fold_summary=summary,
+                final=final,
+                manifest=manifest,
             )
         runs.set_note(notes.cv_note(config, folds, summary))
         return result

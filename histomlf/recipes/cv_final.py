@@ -1,4 +1,5 @@
-"""The final model from cross-validation: the K fold models as one calibrated ensemble.
+"""The final model from cross-validation: the K fold models as one calibrated ensemble, or
+one model refitted on every patient.
 
 nnU-Net's rule: the fold models *are* the final model (their mean at inference), and every
 number reported for it is out-of-fold — each patient scored by the one fold model that did not
@@ -13,6 +14,12 @@ train on it. So after the K folds of `histomlf cv`:
 4. the ensemble is logged in a nested run of kind `cv-final` with the out-of-fold scores under
    `oof_*` names (patient-bootstrap intervals included), never `test_*`: there is no unseen
    test split left, and the registry and the report must not pretend there is.
+
+`final="refit"` (for users who want one network) trains one model with the same recipe on every
+patient instead, for the median of the folds' epochs with early stopping off (no patients are
+left to stop on); its threshold and Platt map are the same out-of-fold ones, and its scores are
+the fold models' out-of-fold scores: the honest estimate of what this recipe does on unseen
+patients, the refit model itself has none left.
 
 Its split digest is the digest of the fold assignment, so the champion gate compares two
 CV-final models only when they were cross-validated on the same folds — and then by their
@@ -42,9 +49,49 @@ class FoldOutcome:
 
     index: int
     run_id: str
-    model: Any
+    model: Any  # None for a refit (only the fold's scores and epochs are used)
     test: Any  # histomlf.evaluation.scored.SplitScores on the fold's own test patients
-    epochs: int
+    epochs: int  # phase-1 epochs run
+    fine_tune_epochs: int = 0  # phase-2 epochs run
+
+
+def refit_config(config: Any, folds: Sequence[FoldOutcome]) -> Any:
+    """The recipe for the refit on every patient: the median of the folds' epochs run (per
+    phase), early stopping off."""
+    from dataclasses import replace
+
+    def median(values: list[int]) -> int:
+        return int(np.round(np.median(values)))
+
+    return replace(
+        config,
+        epochs=max(median([fold.epochs for fold in folds]), 1),
+        fine_tune_epochs=median([fold.fine_tune_epochs for fold in folds]),
+        early_stopping_patience=0,
+    )
+
+
+def every_patient_split(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Every patient in the train split: the refit's split (no validation, no test)."""
+    patients = sorted(manifest["patient_id"].astype(str).unique())
+    return pd.DataFrame({"patient_id": patients, "split": "train"})
+
+
+def train_refit(config: Any, manifest: pd.DataFrame, *, work_dir: Any, callbacks=()) -> Any:
+    """Train `config` (a `refit_config`) on every patient; returns (inference model, data)."""
+    from histomlf.training.fit import make_deterministic
+    from histomlf.training.workflow import (
+        build_model,
+        fit_model,
+        inference_model,
+        prepare_data,
+    )
+
+    make_deterministic(config.seed)
+    data = prepare_data(config, split=every_patient_split(manifest), required=("train",))
+    model = build_model(config)
+    fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
+    return inference_model(model, config, fit_result), data
 
 
 def check_final(final: str, calibrate: str, folds: int, only_folds: Sequence[int]) -> None:
@@ -135,11 +182,14 @@ def score_out_of_fold(
     return FinalScores(evaluation, raw_threshold, platt, probabilities, calibration)
 
 
-def final_model(folds: Sequence[FoldOutcome], platt: Any) -> Any:
-    """The mean of the fold models, with the Platt map as its last layer (unless identity)."""
+def final_model(folds: Sequence[FoldOutcome], platt: Any, refit: Any = None) -> Any:
+    """The mean of the fold models (or the `refit` model), with the Platt map as its last
+    layer (unless identity)."""
     from histomlf.models.averaging import average_members, with_calibration
 
-    model = average_members([fold.model for fold in folds], name=f"cv{len(folds)}_ensemble")
+    model = refit
+    if model is None:
+        model = average_members([fold.model for fold in folds], name=f"cv{len(folds)}_ensemble")
     return model if platt.is_identity else with_calibration(model, platt.slope, platt.intercept)
 
 
@@ -152,12 +202,18 @@ def log_final(
     calibrate: str,
     register_as: str,
     fold_summary: dict[str, float],
+    final: str = "ensemble",
+    manifest: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Score, build, log and (with `register_as`) register the CV-final ensemble in a nested
-    run of kind `cv-final`; returns its run id, model URI, metrics and the gate's decision."""
+    """Score, build, log and (with `register_as`) register the CV-final model — the fold
+    ensemble, or (`final="refit"`, which needs the `manifest`) one model trained on every
+    patient — in a nested run of kind `cv-final`; returns its run id, model URI, metrics and
+    the gate's decision."""
     from histomlf.evaluation import plots
+    from histomlf.paths import cache_root
     from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
     from histomlf.tracking import artifacts, runs
+    from histomlf.tracking.callbacks import MlflowEpochLogger
     from histomlf.tracking.pyfunc import log_patch_classifier
 
     rows, probabilities = pooled_out_of_fold(folds)
@@ -166,20 +222,31 @@ def log_final(
     )
     split_digest = fold_assignment_digest(rows)
     fold_runs = ",".join(fold.run_id for fold in folds)
+    patients = int(rows["patient_id"].nunique())
+    refit = final == "refit"
+    recipe = refit_config(config, folds) if refit else None
+    tags = {Tag.KIND: str(RunKind.CV_FINAL), Tag.DATA_DIGEST: data_digest,
+            Tag.SPLIT_DIGEST: split_digest}
     with runs.nested_run(
-        f"final-ensemble-of-{len(folds)}",
-        tags={
-            Tag.KIND: str(RunKind.CV_FINAL),
-            Tag.DATA_DIGEST: data_digest,
-            Tag.SPLIT_DIGEST: split_digest,
-        },
+        f"final-refit-on-{patients}-patients" if refit else f"final-ensemble-of-{len(folds)}",
+        tags=tags,
         params={
-            "final": "ensemble",
+            "final": final,
             "calibrate": calibrate,
             "calibration": scores.calibration[:500],
             "fold_runs": fold_runs,
+            **({"refit_epochs": recipe.epochs, "refit_fine_tune_epochs": recipe.fine_tune_epochs}
+               if refit else {}),
         },
     ) as run:
+        refit_model = None
+        if refit:
+            refit_model, data = train_refit(
+                recipe, manifest, work_dir=cache_root() / "runs" / run.info.run_id,
+                callbacks=[MlflowEpochLogger()],
+            )
+            artifacts.log_data(data)  # its split: every patient in train
+            runs.set_tags(tags)  # the scores' split digest is the folds', not the refit's own
         metrics = scores.metrics()
         artifacts.log_evaluation(scores.evaluation)
         runs.log_metrics({k: v for k, v in metrics.items() if k not in scores.evaluation.metrics()})
@@ -192,14 +259,14 @@ def log_final(
             ),
             Artifact.evaluation(OOF_SPLIT, "reliability_uncalibrated"),
         )
-        model = final_model(folds, scores.platt)
+        model = final_model(folds, scores.platt, refit_model)
         info = log_patch_classifier(
             model,
             threshold=scores.evaluation.threshold,
             metadata={
                 **metadata,
                 ModelMeta.SPLIT_DIGEST: split_digest,
-                ModelMeta.FINAL: ModelMeta.CV_ENSEMBLE,
+                ModelMeta.FINAL: ModelMeta.CV_REFIT if refit else ModelMeta.CV_ENSEMBLE,
                 ModelMeta.FOLDS: str(len(folds)),
                 **{k: repr(v) for k, v in scores.platt.as_params().items()},
             },
@@ -208,7 +275,8 @@ def log_final(
             "run_id": run.info.run_id,
             "model_uri": info.model_uri,
             "metrics": metrics,
-            "patients": int(rows["patient_id"].nunique()),
+            "patients": patients,
+            "final": final,
         }
         if register_as:
             result["gate"] = register_final(
@@ -220,7 +288,8 @@ def log_final(
                 digests={ModelMeta.DATA_DIGEST: data_digest,
                          ModelMeta.SPLIT_DIGEST: split_digest},
                 fold_runs=fold_runs,
-                patients=result["patients"],
+                patients=patients,
+                refit=refit,
             )
         return result
 
@@ -245,9 +314,10 @@ def register_final(
     digests: dict[str, str],
     fold_runs: str,
     patients: int,
+    refit: bool = False,
 ) -> Any:
-    """Register the ensemble; the gate compares it with a CV-final champion of the same data
-    and folds by their stored out-of-fold scores (digests differ from any train run's)."""
+    """Register the final model; the gate compares it with a CV-final champion of the same
+    data and folds by their stored out-of-fold scores (digests differ from any train run's)."""
     from histomlf.environment import git_state
     from histomlf.evaluation.text import headline_line
     from histomlf.schema import ModelMeta, RunKind, VersionTag
@@ -266,7 +336,11 @@ def register_final(
             ModelMeta.MODEL: config.model,
             ModelMeta.EXPERIMENT: config.experiment,
             VersionTag.KIND: str(RunKind.CV_FINAL),
-            VersionTag.SCORES: f"out-of-fold on {patients} patients",
+            VersionTag.SCORES: (
+                f"out-of-fold of its recipe's fold models on {patients} patients "
+                "(the refit itself trained on all of them)"
+                if refit else f"out-of-fold on {patients} patients"
+            ),
             VersionTag.FOLD_RUNS: fold_runs,
             **{k: str(v) for k, v in git_state().items()},
         },
@@ -278,6 +352,11 @@ def register_final(
         f"Gate on out-of-fold {config.gate_metric}: {decision.alias} — {decision.reason}.\n\n"
         f"Out-of-fold, pooled over {patients} patients (each scored by the fold model that did "
         f"not train on it; fold runs {fold_runs}): {headline_line(metrics, OOF_SPLIT)}. "
-        "No unseen test split: these are the honest scores of this ensemble.",
+        + (
+            "This model was refitted on all of them with the same recipe, so it has no unseen "
+            "patients of its own: these out-of-fold scores of its recipe are its honest estimate."
+            if refit
+            else "No unseen test split: these are the honest scores of this ensemble."
+        ),
     )
     return decision

@@ -44,11 +44,18 @@ def select_split(manifest: pd.DataFrame, split: str, split_file: Path | None) ->
 
 
 def refuse_fold_ensemble_split(model_uri: str, split: str) -> None:
-    """A CV-final ensemble has no unseen split of its own: among its members, every patient of
-    its cross-validation was trained on. Only `all` (a folder of other patients) is honest."""
+    """A CV-final model has no unseen split of its own: among an ensemble's members (or by the
+    refit alone), every patient of its cross-validation was trained on. Only `all` (a folder
+    of other patients) is honest."""
     from histomlf.tracking.scoring import logged_model_metadata
 
     final = logged_model_metadata(model_uri).get(ModelMeta.FINAL) if split != "all" else None
+    if final == ModelMeta.CV_REFIT:
+        raise UserError(
+            f"{model_uri} was refitted on every patient of its cross-validation, so it has no "
+            f"unseen {split} split; its honest estimate is the logged oof_* metrics of its "
+            "recipe, or use --split all on patients its cross-validation never saw"
+        )
     if final == ModelMeta.CV_ENSEMBLE:
         raise UserError(
             f"{model_uri} is a cross-validation ensemble: its members together trained on every "

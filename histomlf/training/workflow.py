@@ -30,6 +30,7 @@ from histomlf.paths import cache_root
 
 SYNTHETIC_DEFAULT = {"patients": 40, "patches_per_patient": 250, "seed": 7}
 TRAIN_METRICS_MAX_ROWS = 20_000
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -104,8 +105,17 @@ def limit_rows(rows: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     return picked.sort_index()
 
 
-def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> PreparedData:
-    """Scan the data, split it by patient (or use `split`), subsample, open the packed cache."""
+def prepare_data(
+    config: TrainConfig,
+    *,
+    split: pd.DataFrame | None = None,
+    required: tuple[str, ...] = SPLITS,
+) -> PreparedData:
+    """Scan the data, split it by patient (or use `split`), subsample, open the packed cache.
+
+    Each split in `required` must have rows; a refit on every patient (`split` all `train`)
+    requires only `train`.
+    """
     from histomlf.data.manifest import dataset_digest
     from histomlf.data.scan import scan_to_cache
     from histomlf.data.splits import apply_split, make_patient_split, split_digest
@@ -121,14 +131,14 @@ def prepare_data(config: TrainConfig, *, split: pd.DataFrame | None = None) -> P
         )
     assigned = apply_split(manifest, split)
     rows: dict[str, pd.DataFrame] = {}
-    for name in ("train", "val", "test"):
+    for name in SPLITS:
         part = assigned[assigned["split"] == name]
         share = len(part) / max(len(assigned), 1)
         budget = round(config.max_samples * share) if config.max_samples else 0
         rows[name] = limit_rows(part, max(budget, 2) if budget else 0, config.seed).reset_index(
             drop=True
         )
-        if rows[name].empty:
+        if rows[name].empty and name in required:
             raise UserError(f"the {name} split is empty: too few patients for the fractions")
     packed = None
     if config.packed_cache:
@@ -239,8 +249,10 @@ def fit_model(
         repeat=True,
         mixup=config.mixup,
     )
-    val_ds = make_dataset(
-        val_rows, batch_size=config.batch_size, training=False, packed=data.packed
+    val_ds = (
+        make_dataset(val_rows, batch_size=config.batch_size, training=False, packed=data.packed)
+        if len(val_rows)
+        else None  # a refit on every patient: no validation, no early stopping
     )
     weights = (
         class_weights(train_rows["label"].to_numpy()) if config.balance == "class_weight" else None
