@@ -12,9 +12,9 @@ from histomlf.evaluation.threshold import choose_threshold
 from histomlf.recipes.cv_final import (
     FoldOutcome,
     check_final,
+    every_patient_split,
     fold_assignment_digest,
     fold_metrics_named,
-    every_patient_split,
     pooled_out_of_fold,
     refit_config,
     score_out_of_fold,

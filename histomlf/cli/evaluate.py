@@ -179,7 +179,8 @@ def cv(
         done = result["final"]
         scores = done["metrics"]
         click.echo(
-            f"final {done['final']} {done['model_uri']}: out-of-fold on {done['patients']} patients "
+            f"final {done['final']} {done['model_uri']}: "
+            f"out-of-fold on {done['patients']} patients "
             f"ROC-AUC {scores['oof_roc_auc']:.4f}, ECE {scores['oof_ece_uncalibrated']:.3f} -> "
             f"{scores['oof_ece']:.3f} after calibration"
         )
