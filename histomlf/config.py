@@ -28,6 +28,7 @@ import yaml
 from histomlf.choices import (
     AUGMENT_CHOICES,
     BALANCE_CHOICES,
+    CALIBRATION_CHOICES,
     LR_SCHEDULE_CHOICES,
     OPTIMIZER_CHOICES,
     TTA_CHOICES,
@@ -150,6 +151,14 @@ class TrainConfig:
     gate_metric: str = setting(
         "roc_auc", "test-split metric the registry gate compares", choices=_metrics, role=RUN
     )
+    calibrate: str = setting(
+        "none",
+        "platt: the logged model maps its logit by an affine map fitted on held-out "
+        "predictions (a train run's validation patients; cv's final model: the pooled "
+        "out-of-fold ones), so served P(IDC) is calibrated; ranking and labels unchanged",
+        choices=CALIBRATION_CHOICES,
+        role=RUN,
+    )
     max_samples: int = setting(0, "use at most this many patches in total, stratified (0: all)")
     seed: int = setting(42, "random seed (splits, shuffling, weights)")
     data_dir: str = setting(
@@ -185,6 +194,7 @@ class TrainConfig:
         _check_names(self)
         _check_choice("augment", self.augment, AUGMENT_CHOICES)
         _check_choice("balance", self.balance, BALANCE_CHOICES)
+        _check_choice("calibrate", self.calibrate, CALIBRATION_CHOICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
         if not re.fullmatch(r"cpu|all|[1-9][0-9]*", self.devices):
@@ -272,11 +282,13 @@ def recipe_fields() -> tuple[str, ...]:
 
 # The run options each verb uses; it offers no other (an option it would ignore is not one).
 # `cv` neither registers nor explains its folds; a `tune` trial runs on one device (scale a
-# search with --workers). `experiment` is every verb's `-e`.
+# search with --workers) and is not calibrated. `experiment` is every verb's `-e`.
 VERB_RUN_OPTIONS: dict[str, tuple[str, ...]] = {
-    "train": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain", "devices"),
-    # register_as / gate_metric: for the final model of `cv --final ensemble`.
-    "cv": ("data_dir", "register_as", "gate_metric", "packed_cache", "devices"),
+    "train": ("data_dir", "register_as", "gate_metric", "calibrate", "packed_cache", "explain",
+              "devices"),
+    # register_as / gate_metric / calibrate: for the final model of `cv --final ensemble|refit`
+    # (its fold models stay uncalibrated: their out-of-fold outputs are what the map is fitted on).
+    "cv": ("data_dir", "register_as", "gate_metric", "calibrate", "packed_cache", "devices"),
     "tune": ("data_dir", "register_as", "gate_metric", "packed_cache", "explain"),
 }
 

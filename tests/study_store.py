@@ -41,7 +41,7 @@ TUNE_ARGS = ("--experiment", "tune_smoke")
 # The CV makes the final model too (its fold models averaged and calibrated), registered.
 CV_FINAL_NAME = "idc-study-cv"
 CV_ARGS = ("--experiment", "smoke", "--folds", "2", "--max-samples", "160", "--log-models", "true",
-           "--final", "ensemble", "--register-as", CV_FINAL_NAME)
+           "--final", "ensemble", "--calibrate", "platt", "--register-as", CV_FINAL_NAME)
 
 _ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
              "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "HISTOMLF_CACHE", "HISTOMLF_TUNER_DIR")

@@ -32,6 +32,7 @@ RUN_OPTIONS_CHANGED = {
     "data_dir": "/elsewhere/idc",
     "register_as": "idc-classifier",
     "gate_metric": "f1",
+    "calibrate": "platt",
     "packed_cache": False,
     "explain": False,
     "devices": "2",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from histomlf.choices import CALIBRATION_CHOICES, FINAL_CHOICES
+from histomlf.choices import FINAL_CHOICES
 from histomlf.cli.errors import check_tracking_server, shown_as_one_line
 from histomlf.cli.options import (
     config_options,
@@ -115,13 +115,6 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
     "epochs, with the same threshold, calibration and out-of-fold scores (a nested cv-final "
     "run; registered with --register-as)",
 )
-@click.option(
-    "--calibrate",
-    type=click.Choice(CALIBRATION_CHOICES),
-    default="platt",
-    show_default=True,
-    help="the final model's calibration, fitted on the pooled out-of-fold predictions",
-)
 @config_options("cv")
 def cv(
     experiment: str,
@@ -130,7 +123,6 @@ def cv(
     only_folds: str,
     log_models: bool,
     final: str,
-    calibrate: str,
     **options,
 ) -> None:
     """K-fold cross-validation by patient: a nested run per fold, mean and sd on the parent;
@@ -156,7 +148,7 @@ def cv(
         use_experiment_name(experiment_name)
         from histomlf.recipes.cv_final import check_final
 
-        check_final(final, calibrate, folds, chosen)
+        check_final(final, config.calibrate, folds, chosen)
     check_tracking_server()
     from histomlf.recipes.cv import cross_validate
 
@@ -167,7 +159,7 @@ def cv(
             chosen,
             log_models=log_models,
             final=final,
-            calibrate=calibrate,
+            calibrate=config.calibrate,
             register_as=config.register_as if final != "none" else "",
         )
     for key in headline_keys("test_", BRIEF):

@@ -7,6 +7,7 @@ logged by the same `log_evaluation` as a train run.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,6 @@ def cross_validate(
     *,
     log_models: bool = False,
     final: str = "none",
-    calibrate: str = "platt",
     register_as: str = "",
 ) -> dict[str, Any]:
     """Train `config` on each of `folds` patient folds, each fold in its own nested run.
@@ -69,7 +69,10 @@ def cross_validate(
     from histomlf.tracking.pyfunc import log_patch_classifier
     from histomlf.training.workflow import prepare_data, resolve_data_dir, train_and_score
 
-    check_final(final, calibrate, folds, only_folds)
+    check_final(final, config.calibrate, folds, only_folds)
+    # The fold models stay uncalibrated: their out-of-fold outputs are what the final model's
+    # map is fitted on (`config.calibrate` is the final model's).
+    fold_config = replace(config, calibrate="none")
     chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
     if not all(1 <= fold <= folds for fold in chosen):
         raise ConfigError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")
@@ -84,7 +87,6 @@ def cross_validate(
             "only_folds": ",".join(map(str, chosen)) if partial else "",
             "log_models": log_models,
             "final": final,
-            "calibrate": calibrate if final != "none" else "none",
         }
         runs.log_config(config, extra=extra)
         runs.log_resolved_params(extra)
@@ -103,12 +105,12 @@ def cross_validate(
             with runs.nested_run(
                 f"fold-{index + 1}-of-{folds}",
                 tags={Tag.KIND: RunKind.CV_FOLD.value, Tag.FOLD: str(index)},
-                params={**config.as_params(), "fold": index},
+                params={**fold_config.as_params(), "fold": index},
             ) as child:
-                data = prepare_data(config, split=split)
+                data = prepare_data(fold_config, split=split)
                 artifacts.log_data(data)
                 outcome = train_and_score(
-                    config,
+                    fold_config,
                     work_dir=cache_root() / "runs" / child.info.run_id,
                     callbacks=[MlflowEpochLogger()],
                     data=data,
@@ -154,7 +156,7 @@ def cross_validate(
                 outcomes,
                 data_digest=data.data_digest,
                 metadata=model_metadata(config, data),
-                calibrate=calibrate,
+                calibrate=config.calibrate,
                 register_as=demo_named(register_as, data) if register_as else "",
                 fold_summary=summary,
                 final=final,

@@ -113,15 +113,20 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         artifacts.log_evaluation(
             outcome.evaluation, history=outcome.fit.history, phases=outcome.fit.phases
         )
+        calibration = outcome.calibration
+        if calibration is not None:
+            runs.log_metrics(calibration.metrics())
+            runs.log_resolved_params({"calibration": calibration.status[:500]})
         if config.explain:
             outcome.seconds["explain"] = explain_run(
                 outcome.model, outcome.evaluation, seed=config.seed
             )
         artifacts.log_seconds(outcome.seconds)
+        platt = calibration.platt.as_params() if calibration is not None else {}
         info = log_patch_classifier(
             outcome.model,
             threshold=outcome.evaluation.threshold,
-            metadata=model_metadata(config, data),
+            metadata={**model_metadata(config, data), **{k: repr(v) for k, v in platt.items()}},
         )
         result = {
             "run_id": run_id,

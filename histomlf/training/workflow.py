@@ -58,10 +58,48 @@ class TrainOutcome:
     fit: Any
     evaluation: Evaluation
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration: Calibration | None = None
 
     def metrics(self) -> dict[str, float]:
         """Final metrics under the `{split}_{name}` keys, CI bounds included."""
         return self.evaluation.metrics()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a run's model was calibrated on its validation patients (`calibrate: platt`)."""
+
+    platt: Any  # histomlf.evaluation.calibration.PlattMap (the identity when not fitted)
+    status: str  # "platt", or "none: <why no fit was possible>"
+    val_ece_uncalibrated: float
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.platt.as_params(), "val_ece_uncalibrated": self.val_ece_uncalibrated}
+
+
+def calibrate_on_val(
+    model: Any, config: TrainConfig, data: PreparedData
+) -> tuple[Any, Calibration | None]:
+    """`config.calibrate == "platt"`: `model` with a Platt map fitted on the validation
+    patients as its last layer (ranking unchanged; the threshold is then chosen on the
+    calibrated validation scores, so labels are too). A validation split that cannot be
+    fitted (one class, ranking no better than chance) leaves the model as it is, with why."""
+    if config.calibrate != "platt":
+        return model, None
+    from histomlf.evaluation.calibration import PlattMap, fit_platt
+    from histomlf.evaluation.metrics import expected_calibration_error
+    from histomlf.models.averaging import with_calibration
+
+    rows = data.rows["val"]
+    labels = rows["label"].to_numpy()
+    probabilities = predict_probabilities(model, rows, data, config.batch_size)
+    uncalibrated = expected_calibration_error(labels, probabilities)
+    try:
+        platt = fit_platt(labels, probabilities)
+    except ValueError as error:
+        return model, Calibration(PlattMap(), f"none: {error}", uncalibrated)
+    calibrated = with_calibration(model, platt.slope, platt.intercept)
+    return calibrated, Calibration(platt, "platt", uncalibrated)
 
 
 def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
@@ -337,6 +375,7 @@ def train_and_score(
         fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
     model = inference_model(model, config, fit_result)
     fitted = time.perf_counter()
+    model, calibration = calibrate_on_val(model, config, data)
     evaluation = evaluate_model(config, data, model)
     done = time.perf_counter()
     return TrainOutcome(
@@ -346,4 +385,5 @@ def train_and_score(
         fit=fit_result,
         evaluation=evaluation,
         seconds={"data": prepared - started, "fit": fitted - prepared, "evaluate": done - fitted},
+        calibration=calibration,
     )
