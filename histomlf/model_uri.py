@@ -4,7 +4,8 @@ MLflow takes seconds to import and `histomlf predict` would read the data first,
 histomlf documents are checked here: `runs:/<run id>/<path>`, `models:/<name>@<alias>`,
 `models:/<name>/<version|stage|latest>`, `models:/m-<model id>`, and a local model folder
 (with its `MLmodel` file). Other schemes (`s3://`, `mlflow-artifacts:/`, ...) are MLflow's to
-resolve. Whether a well-formed name or run exists is asked of the tracking store next.
+resolve. Whether a well-formed name or run exists is asked of the tracking store next
+(`histomlf.tracking.lookup`, still without MLflow).
 """
 
 from __future__ import annotations

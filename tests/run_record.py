@@ -5,7 +5,11 @@ kind), the union over that kind's runs of every param key, metric key, tag key (
 `mlflow.*` bookkeeping tags left out) and artifact path. `tests/data/run_record_keys.json` holds
 the list recorded on commit a5fd88d, before the run record became one schema
 (`histomlf/schema.py`); `tests/test_run_record_keys.py` compares today's study against it, so a
-refactor that renames a key a user (or an old store's reader) sees fails a test.
+refactor that renames a key a user (or an old store's reader) sees fails a test. Metric keys
+logged for every metric of the table (`histomlf.evaluation.metrics.METRICS`) are recorded as one
+template (`test_{metric}`; `test_{metric}_ci_low` over the `bootstrap=True` ones), so a metric
+added to the table needs no new lines here, and one a run forgets to log shows up as the
+template's literal keys.
 
 Run as a script to record a fresh list (it builds the study store, then logs a report), or
 to list an existing study store's keys:
@@ -44,10 +48,40 @@ def _artifacts(client: Any, run_id: str, folder: str = "") -> list[str]:
 
 
 SYSTEM_METRICS = "system/"
+METRIC = "{metric}"
+CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+def fold_metrics(keys: set[str]) -> set[str]:
+    """`keys` with each family logged for the whole metric table as one `{metric}` template.
+
+    `test_accuracy`, `test_precision`, ... (one per `METRICS` name) become `test_{metric}`;
+    `test_accuracy_ci_low`, ... become `test_{metric}_ci_low` when they cover every
+    `bootstrap=True` metric (only those get an interval). A family missing even one metric
+    stays as its literal keys.
+    """
+    from histomlf.evaluation.metrics import METRICS
+
+    every = set(METRICS)
+    bootstrapped = {name for name, m in METRICS.items() if m.bootstrap}
+    members: dict[str, set[str]] = {}
+    covered: dict[str, set[str]] = {}
+    for key in keys:
+        for name in every:
+            for match in re.finditer(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", key):
+                template = key[: match.start()] + METRIC + key[match.end() :]
+                members.setdefault(template, set()).add(name)
+                covered.setdefault(template, set()).add(key)
+    folded = set(keys)
+    for template, found in members.items():
+        if found == (bootstrapped if template.endswith(CI_SUFFIXES) else every):
+            folded = (folded - covered[template]) | {template}
+    return folded
 
 
 def record(client: Any, *experiment_ids: str) -> dict[str, dict[str, list[str]]]:
-    """Per run kind: sorted `params`, `metrics`, `tags` and `artifacts` (numbers as `N`)."""
+    """Per run kind: sorted `params`, `metrics` (table-wide families folded, `fold_metrics`),
+    `tags` and `artifacts` (numbers as `N`)."""
     kinds: dict[str, dict[str, set[str]]] = {}
     for run in client.search_runs(list(experiment_ids), max_results=5000):
         tags = run.data.tags
@@ -61,6 +95,8 @@ def record(client: Any, *experiment_ids: str) -> dict[str, dict[str, list[str]]]
         entry["metrics"] |= {k for k in run.data.metrics if not k.startswith(SYSTEM_METRICS)}
         entry["tags"] |= {k for k in tags if not k.startswith("mlflow.")}
         entry["artifacts"] |= {normalise(p) for p in _artifacts(client, run.info.run_id)}
+    for entry in kinds.values():
+        entry["metrics"] = fold_metrics(entry["metrics"])
     return {kind: {field: sorted(values) for field, values in entry.items()}
             for kind, entry in sorted(kinds.items())}
 

@@ -28,16 +28,32 @@ from histomlf.tuning.tuner_table import tuner_names
 # A generous bound that still fails the old behaviour (TensorFlow and MLflow imported, a run
 # opened: 10-20 s on the shared test machine).
 FAST_S = 3.0
-RUN_OPTIONS_CHANGED = {
+# Free-text run options need a valid value of their own; the others are derived from the field.
+RUN_TEXT_CHANGED = {
     "data_dir": "/elsewhere/idc",
     "register_as": "idc-classifier",
-    "gate_metric": "f1",
-    "calibrate": "platt",
-    "packed_cache": False,
-    "explain": False,
     "devices": "2",
     "experiment": "vgg16",
 }
+
+
+def changed_value(field: dataclasses.Field) -> object:
+    """A valid value other than `field`'s default: another choice, the other bool, one more."""
+    if field.name in RUN_TEXT_CHANGED:
+        return RUN_TEXT_CHANGED[field.name]
+    choices = field.metadata.get("choices")
+    if choices:
+        return next(c for c in (choices() if callable(choices) else choices)
+                    if c != field.default)
+    if isinstance(field.default, bool):
+        return not field.default
+    if isinstance(field.default, int | float):
+        return field.default + 1
+    return f"{field.default}-changed"
+
+
+RUN_OPTIONS_CHANGED = {f.name: changed_value(f) for f in dataclasses.fields(TrainConfig)
+                       if f.name in run_fields()}
 
 
 def options_of(command: click.Command) -> dict[str, click.Option]:
@@ -45,7 +61,8 @@ def options_of(command: click.Command) -> dict[str, click.Option]:
 
 
 def test_run_fields_are_the_run_plumbing() -> None:
-    assert set(run_fields()) == set(RUN_OPTIONS_CHANGED)
+    changed = TrainConfig().replace(**RUN_OPTIONS_CHANGED)  # valid, and every one changed
+    assert all(getattr(changed, k) != getattr(TrainConfig(), k) for k in run_fields())
     assert set(recipe_fields()) | set(run_fields()) == {
         f.name for f in dataclasses.fields(TrainConfig)
     }
@@ -181,6 +198,9 @@ def test_experiment_name_is_mlflows_and_refuses_a_conflict(
         use_experiment_name("x")
 
 
+UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
+
+
 def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
@@ -200,6 +220,10 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
         (["predict", "runs:/abc", "."], "malformed model URI 'runs:/abc'"),
         (["predict", "/no/such/model", "."], "no model at '/no/such/model'"),
         (["evaluate", "models:/idc@champion", "/nonexistent"], "no data at '/nonexistent'"),
+        # well-formed but naming nothing: the store is asked without MLflow (and not created)
+        (["predict", "models:/no-such-model@champion", "."], "no registered model 'no-such-m"),
+        (["predict", "models:/no-such-model/1", "."], "no registered model 'no-such-model'"),
+        (["predict", f"runs:/{UNKNOWN_RUN}/model", "."], f"no run '{UNKNOWN_RUN}'"),
     ],
 )
 def test_a_mistake_answers_in_seconds_and_leaves_no_run(
@@ -216,6 +240,41 @@ def test_a_mistake_answers_in_seconds_and_leaves_no_run(
     assert message in done.stderr and "Traceback" not in done.stderr
     assert seconds <= FAST_S, f"{' '.join(args)} took {seconds:.1f} s"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_an_unknown_model_in_a_store_that_exists_answers_in_seconds(tmp_path: Path) -> None:
+    """A real store with one run and one registered model: each URI naming something else
+    is one line within FAST_S, and the store holds the same runs afterwards."""
+    import sqlite3
+
+    env = clean_env(tmp_path)
+    made = subprocess.run(
+        [sys.executable, "-c", "import mlflow\n"
+         "with mlflow.start_run() as run: mlflow.log_param('a', 1)\n"
+         "mlflow.MlflowClient().create_registered_model('idc')\n"
+         "print(run.info.run_id)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    database = tmp_path / "mlflow.db"
+
+    def runs() -> int:
+        with sqlite3.connect(database) as connection:
+            return connection.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+    for uri, message in [
+        ("models:/no-such-model@champion", "no registered model 'no-such-model'"),
+        ("models:/idc@champion", "registered model 'idc' has no alias 'champion'"),
+        ("models:/idc/3", "registered model 'idc' has no version 3"),
+        (f"runs:/{UNKNOWN_RUN}/model", f"no run '{UNKNOWN_RUN}'"),
+    ]:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "histomlf", "predict", uri, "."], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        seconds = time.perf_counter() - started
+        assert done.returncode == 1, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+        assert seconds <= FAST_S, f"predict {uri} took {seconds:.1f} s"
+        assert runs() == 1
 
 
 def test_checks_run_before_tensorflow_or_mlflow_is_imported(tmp_path: Path) -> None:

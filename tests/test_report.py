@@ -25,11 +25,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from study_store import Chromium, StudyStore, invoke_cli, tracking_env
 
+from histomlf.evaluation.metrics import TABLED
+
 pytestmark = pytest.mark.slow
 
 REPORT_EXPERIMENT = "report-tests"
-ROW_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy",
-               "roc_auc", "pr_auc")
+ROW_METRICS = tuple(m.name for m in TABLED)  # the results table's columns, from the table
 
 
 @dataclass
@@ -141,7 +142,7 @@ def test_table_values_equal_the_logged_metrics(report: Report, study_store: Stud
         if "data-sd-metric" in cell.attrs:
             assert same(cell.attrs["data-sd"], run.data.metrics[cell.attrs["data-sd-metric"]])
 
-    # every row shows all eight metrics twice (patch level and per-patient average)
+    # every row shows every tabled metric twice (patch level and per-patient average)
     train_id = study_store.train_run_ids[0]
     keys = {c.attrs["data-metric"] for c in cells if c.attrs["data-run-id"] == train_id}
     assert {f"test_{m}" for m in ROW_METRICS} | {f"test_patient_{m}" for m in ROW_METRICS} <= keys

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from run_record import difference, normalise, record
+from run_record import difference, fold_metrics, normalise, record
 from study_store import StudyStore, invoke_cli, tracking_env
+
+from histomlf.evaluation.metrics import METRICS, Metric
 
 RECORDED = Path(__file__).parent / "data" / "run_record_keys.json"
 REPORT_EXPERIMENT = "run-record-keys"
@@ -30,6 +32,24 @@ def test_normalise_folds_numbers_and_logged_image_names() -> None:
     assert normalise(
         "images/gradcam~tp_1+step+0+timestamp+17+ab12-cd+compressed.webp"
     ) == "images/gradcam~tp_N+compressed.webp"
+
+
+def test_a_metric_family_folds_to_one_template_only_when_it_covers_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = {f"test_{name}" for name in METRICS}
+    intervals = {f"test_{name}_ci_low" for name, m in METRICS.items() if m.bootstrap}
+    keys = values | intervals | {"epoch/val_loss", "decision_threshold"}
+    assert fold_metrics(keys) == {"test_{metric}", "test_{metric}_ci_low", "epoch/val_loss",
+                                  "decision_threshold"}
+    assert fold_metrics(keys - {"test_f1"}) == (values - {"test_f1"}) | {
+        "test_{metric}_ci_low", "epoch/val_loss", "decision_threshold"}
+
+    # A metric added to the table is expected in every family, without editing the record.
+    monkeypatch.setitem(METRICS, "new_metric", Metric("new_metric", True, "one more"))
+    assert "test_{metric}" not in fold_metrics(keys)
+    assert fold_metrics(keys | {"test_new_metric", "test_new_metric_ci_low"}) == {
+        "test_{metric}", "test_{metric}_ci_low", "epoch/val_loss", "decision_threshold"}
 
 
 @pytest.mark.slow

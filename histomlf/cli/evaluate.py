@@ -20,6 +20,7 @@ from histomlf.cli.options import (
 from histomlf.errors import UserError
 from histomlf.evaluation.metrics import BRIEF, headline_keys
 from histomlf.model_uri import check_model_uri
+from histomlf.tracking.lookup import check_model_exists
 
 
 def check_inputs(model_uri: str, data: str) -> None:
@@ -49,6 +50,8 @@ def evaluate(model_uri: str, data: str, split: str, split_file: Path | None) -> 
     with shown_as_one_line():
         check_inputs(model_uri, data)
     check_tracking_server()
+    with shown_as_one_line():
+        check_model_exists(model_uri)
     from histomlf.recipes.evaluate import evaluate as evaluate_recipe
 
     with shown_as_one_line():
@@ -74,6 +77,8 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
     with shown_as_one_line():
         check_inputs(model_uri, data)
     check_tracking_server()
+    with shown_as_one_line():
+        check_model_exists(model_uri)
     if engine == "spark":
         from histomlf.cli.spark import predict_on_spark
 
