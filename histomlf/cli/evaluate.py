@@ -164,7 +164,6 @@ def cv(
             chosen,
             log_models=log_models,
             final=final,
-            calibrate=config.calibrate,
             register_as=config.register_as if final != "none" else "",
         )
     for key in headline_keys("test_", BRIEF):
