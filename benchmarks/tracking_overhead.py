@@ -15,9 +15,10 @@ alternate; the best of each counts, and the median of each tracked run minus the
 run before it is printed too. Timed: the call itself (imports excluded; the process wall time
 including imports is in the details).
 
-Tuning: a tiny Keras Tuner search (experiments/tune_smoke.yaml, random search) with and
-without `TrialTrackingMixin` (a nested run per trial, params, per-epoch metrics, validation
-confusion matrix); an outer mixin clocks each trial from `on_trial_begin` to `on_trial_end`.
+Tuning: a tiny Keras Tuner search (experiments/tune_smoke.yaml, random search) with
+`MlflowTrialTracker` (a nested run per trial, params, per-epoch metrics, validation confusion
+matrix) and with `NoTracking`; a `TrialClock` around either clocks each trial from the tuner's
+`trial_began` to its `trial_ended` (Keras Tuner's `on_trial_begin` to `on_trial_end`).
 Target: tracked training wall time <= 1.05x untracked.
 """
 
@@ -121,33 +122,39 @@ def use_experiment_beside_store(name: str) -> None:
     mlflow.set_experiment(name)
 
 
-def trial_clock_mixin() -> type:
-    """A tuner mixin recording each trial's seconds from on_trial_begin to on_trial_end."""
+class TrialClock:
+    """A `TrialTracker` around another, recording each trial's seconds from begin to end."""
 
-    class TrialClockMixin:
-        trial_seconds: list[float]
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.trial_seconds: list[float] = []
+        self._clock = 0.0
 
-        def on_trial_begin(self, trial: Any) -> None:
-            self._clock = time.perf_counter()
-            super().on_trial_begin(trial)
+    def trial_began(self, start: Any) -> None:
+        self._clock = time.perf_counter()
+        self.inner.trial_began(start)
 
-        def on_trial_end(self, trial: Any) -> None:
-            super().on_trial_end(trial)
-            self.trial_seconds = [*getattr(self, "trial_seconds", []),
-                                  time.perf_counter() - self._clock]  # fmt: skip
+    def epoch_ended(self, step: int, logs: dict[str, Any]) -> None:
+        self.inner.epoch_ended(step, logs)
 
-    return TrialClockMixin
+    def trial_scored(self, outcome: Any) -> None:
+        self.inner.trial_scored(outcome)
+
+    def trial_ended(self, trial_id: str, status: str, message: str | None) -> None:
+        self.inner.trial_ended(trial_id, status, message)
+        self.trial_seconds.append(time.perf_counter() - self._clock)
 
 
 def child_tune(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """A tiny search in this process, with or without trial tracking; per-trial seconds."""
     import mlflow
 
-    from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin
+    from histomlf.tracking.tune_trial import MlflowTrialTracker, SearchRun
     from histomlf.training.workflow import prepare_data
     from histomlf.tuning.hypermodel import IdcHyperModel
     from histomlf.tuning.settings import load_search
     from histomlf.tuning.space import SearchSpace
+    from histomlf.tuning.trials import NoTracking
     from histomlf.tuning.tuners import create_tuner
 
     config, settings = load_search("tune_smoke", overrides)
@@ -156,7 +163,6 @@ def child_tune(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
         hypermodel = IdcHyperModel(config, settings, space, data=lambda: data,
                                    work_root=Path(directory) / "work")  # fmt: skip
-        clock = trial_clock_mixin()
         if mode == "tracked":
             use_experiment_beside_store("bench-tune")
             with mlflow.start_run(run_name="bench-search") as parent:
@@ -167,19 +173,12 @@ def child_tune(mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
                     settings.log_models,
                     config.experiment,
                 )
-                tuner = create_tuner(
-                    hypermodel,
-                    settings,
-                    config,
-                    Path(directory),
-                    mixins=(clock, TrialTrackingMixin),
-                    search_run=search_run,
-                )
-                tuner.search()
+                clock = TrialClock(MlflowTrialTracker(search_run))
+                create_tuner(hypermodel, settings, config, Path(directory), tracker=clock).search()
         else:
-            tuner = create_tuner(hypermodel, settings, config, Path(directory), mixins=(clock,))
-            tuner.search()
-    return {"mode": mode, "trial_seconds": tuner.trial_seconds}
+            clock = TrialClock(NoTracking())
+            create_tuner(hypermodel, settings, config, Path(directory), tracker=clock).search()
+    return {"mode": mode, "trial_seconds": clock.trial_seconds}
 
 
 def spawn(kind: str, mode: str, overrides: dict[str, Any], store: Path) -> dict[str, Any]:

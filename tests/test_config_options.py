@@ -120,10 +120,22 @@ def test_options_are_generated_from_the_field_metadata() -> None:
         assert tune[name].help == search_fields[name].metadata["help"], name
 
 
-def test_the_tuner_table_matches_the_keras_tuner_registry() -> None:
-    from histomlf.tuning.tuners import list_tuners
+def test_every_tuner_of_the_table_is_a_keras_tuner_oracle() -> None:
+    """The table is the only list of tuners: each names an oracle `IdcTuner` runs."""
+    import keras_tuner as kt
 
-    assert tuner_names() == list_tuners() == ["bayesian", "grid", "hyperband", "random"]
+    from histomlf.tuning.tuner_table import TunerSpec, _table, tuner_spec
+    from histomlf.tuning.tuners import create_oracle
+
+    assert tuner_names() == ["bayesian", "grid", "hyperband", "random"]
+    for name in tuner_names():
+        oracle = create_oracle(SearchSettings(tuner=name, max_trials=7), TrainConfig(seed=3))
+        assert isinstance(oracle, kt.Oracle) and (oracle.max_trials, oracle.seed) == (7, 3)
+        assert oracle.objective.name == "val_roc_auc"
+    with pytest.raises(ValueError, match="two tuners are named 'a'"):
+        _table(TunerSpec("a", "RandomSearchOracle"), TunerSpec("a", "GridSearchOracle"))
+    with pytest.raises(ConfigError, match="unknown tuner 'optuna'"):
+        tuner_spec("optuna")
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,9 @@ import pytest
 
 from histomlf.config import ConfigError, TrainConfig
 from histomlf.training.fit import HISTORY_KEYS
-from histomlf.tuning.hypermodel import schedule
+from histomlf.tuning.hyperband import outcomes, schedule
 from histomlf.tuning.settings import KERAS_EPOCH_METRICS, SearchSettings, load_search
 from histomlf.tuning.space import SearchSpace
-from histomlf.tuning.tuners import list_tuners, register_tuner, tuner_class
 
 BASE = TrainConfig()
 STUDY_SPACE = {
@@ -139,10 +138,10 @@ def test_hyperband_budget_maps_onto_the_two_phases(epochs, fine_tune, budget, in
     assert schedule(BASE, None) == BASE
 
 
-def test_tuner_registry_refuses_unknown_and_duplicate_names() -> None:
-    assert list_tuners() == ["bayesian", "grid", "hyperband", "random"]
-    with pytest.raises(ConfigError, match="unknown tuner 'optuna'"):
-        tuner_class("optuna")
-    with pytest.raises(ValueError, match="already registered"):
-        register_tuner("random", kt.RandomSearch, lambda s, c: {})
-    assert issubclass(tuner_class("hyperband"), kt.Hyperband)
+def test_hyperband_outcomes_follow_the_brackets() -> None:
+    """Bracket 1 of max_epochs 2, factor 2: trials 0 and 1 in round 0, trial 2 continues 0."""
+    first = {"tuner/bracket": 1, "tuner/round": 0, "tuner/epochs": 1, "tuner/initial_epoch": 0}
+    trials = [("0", first), ("1", first), ("2", {**first, "tuner/round": 1, "tuner/epochs": 2,
+                                                 "tuner/initial_epoch": 1, "tuner/trial_id": "0"}),
+              ("3", {"dropout": 0.1})]  # fmt: skip
+    assert outcomes(trials) == {"0": "promoted", "1": "discarded", "2": "final"}

@@ -27,9 +27,10 @@ from histomlf.recipes.explain import explain_run
 from histomlf.schema import Tag
 from histomlf.tracking import artifacts, runs, search
 from histomlf.tracking.probe import probe_tracking
-from histomlf.tracking.tune_trial import SearchRun, TrialTrackingMixin, end_stale_trial_runs
-from histomlf.tuning import distributed
+from histomlf.tracking.tune_trial import MlflowTrialTracker, SearchRun, end_stale_trial_runs
+from histomlf.tuning import distributed, hyperband
 from histomlf.tuning.settings import SearchError, SearchSpec
+from histomlf.tuning.trials import TrialExecutions
 
 SPEC_FILE = "histomlf_search.json"
 RESUMABLE_SETTINGS = ("max_trials",)
@@ -88,12 +89,7 @@ def build_tracked_tuner(spec: SearchSpec, data: Any, directory: Path, search_run
         spec.config, spec.settings, space, data=lambda: data, work_root=directory / "work"
     )
     return create_tuner(
-        hypermodel,
-        spec.settings,
-        spec.config,
-        directory,
-        mixins=(TrialTrackingMixin,),
-        search_run=search_run,
+        hypermodel, spec.settings, spec.config, directory, tracker=MlflowTrialTracker(search_run)
     )
 
 
@@ -219,7 +215,7 @@ def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: Search
     settings = spec.settings
     trials = list(tuner.oracle.trials.values())
     children, counts = search.log_trials(
-        trials, search_run, settings.objective, settings.objective_direction, settings.tuner
+        trials, search_run, settings.objective, settings.objective_direction
     )
     best_trials = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
     if not best_trials:
@@ -258,20 +254,19 @@ def summarise_search(tuner: Any, spec: SearchSpec, data: Any, search_run: Search
 
 
 def best_model(tuner: Any, best: Any) -> tuple[Any, str, Any]:
-    """(model, "reloaded" | "retrained", its config) for the best trial."""
-    from histomlf.tuning.hypermodel import schedule
+    """(model, "reloaded" | "retrained", its config) for the best trial.
 
+    A retrain runs the trial's whole schedule from scratch (a Hyperband trial's full budget,
+    not just its last round), outside the tuner: nothing is tracked or kept.
+    """
     hypermodel = tuner.hypermodel
-    values = best.hyperparameters.values
-    config = schedule(hypermodel.trial_config(best.hyperparameters), values.get("tuner/epochs"))
+    hp = best.hyperparameters
+    epochs, _ = hyperband.budget(hp.values)
+    config = hyperband.schedule(hypermodel.trial_config(hp), epochs)
     saved = tuner.saved_model(best)
     if saved is not None:
         return saved[0], "reloaded", config
-    observer, hypermodel.observer = hypermodel.observer, None
-    try:
-        hypermodel.start_trial(f"{best.trial_id}-retrain")
-        model = hypermodel.build(best.hyperparameters)
-        hypermodel.fit(best.hyperparameters, model, epochs=values.get("tuner/epochs"))
-    finally:
-        hypermodel.observer = observer
+    hypermodel.seed(hp)
+    model = hypermodel.build(hp)
+    hypermodel.fit(hp, model, epochs=epochs, executions=TrialExecutions(f"{best.trial_id}-retrain"))
     return model, "retrained", config

@@ -1,4 +1,4 @@
-"""A Keras callback that forwards each epoch's logs to the active MLflow run."""
+"""Each epoch's Keras logs into MLflow: a Keras callback for train runs, a function for trials."""
 
 from __future__ import annotations
 
@@ -37,14 +37,21 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.logged_steps: set[int] = set()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        values = {metric_key(k): float(v) for k, v in (logs or {}).items()}
-        if not values:
-            return
         step = epoch + self.step_offset
-        self.logged_steps.add(step)
-        if self.run_id:
-            now = int(time.time() * 1000)
-            metrics = [mlflow.entities.Metric(k, v, now, step) for k, v in values.items()]
-            mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics)
-        else:
-            mlflow.log_metrics(values, step=step)
+        if log_epoch(logs or {}, step, self.run_id):
+            self.logged_steps.add(step)
+
+
+def log_epoch(logs: dict, step: int, run_id: str | None = None) -> bool:
+    """Log one epoch's Keras logs under their `epoch/` keys at `step`, into `run_id` (else the
+    active run); False when there was nothing to log."""
+    values = {metric_key(k): float(v) for k, v in logs.items()}
+    if not values:
+        return False
+    if run_id:
+        now = int(time.time() * 1000)
+        metrics = [mlflow.entities.Metric(k, v, now, step) for k, v in values.items()]
+        mlflow.MlflowClient().log_batch(run_id, metrics=metrics)
+    else:
+        mlflow.log_metrics(values, step=step)
+    return True

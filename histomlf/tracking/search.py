@@ -29,6 +29,7 @@ from histomlf.tracking.tune_trial import (
     log_trial_model,
     trial_runs,
 )
+from histomlf.tuning import hyperband
 from histomlf.tuning.settings import SearchError, SearchSpec
 
 
@@ -145,8 +146,7 @@ def leaderboard(
                 objective: float(score),
                 "duration_s": duration,
                 **{
-                    k.replace("tuner/", "hyperband_"): v
-                    for k, v in trial.hyperparameters.values.items()
+                    hyperband.column(k): v for k, v in trial.hyperparameters.values.items()
                 },
             }
         )
@@ -157,7 +157,7 @@ def leaderboard(
 
 
 def log_trials(
-    trials: list[Any], search_run: SearchRun, objective: str, direction: str, tuner: str
+    trials: list[Any], search_run: SearchRun, objective: str, direction: str
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Leaderboard artifacts, trial counts and (Hyperband) each trial's fate; returns the
     trial runs by trial id and the counts."""
@@ -170,8 +170,7 @@ def log_trials(
         for status in ("COMPLETED", "FAILED", "INVALID")
     }
     mlflow.log_metrics({**counts, "trials_total": float(len(trials))})
-    if tuner == "hyperband":
-        tag_hyperband_outcomes(MlflowClient(), trials, children)
+    tag_hyperband_outcomes(MlflowClient(), trials, children)
     return children, counts
 
 
@@ -224,19 +223,12 @@ def log_best_model(
 def tag_hyperband_outcomes(
     client: MlflowClient, trials: list[Any], children: dict[str, Any]
 ) -> None:
-    """`histomlf.hyperband.outcome`: promoted (continued in the next round), discarded, final."""
-    promoted = {t.hyperparameters.values.get("tuner/trial_id") for t in trials} - {None}
-    for trial in trials:
-        run = children.get(trial.trial_id)
-        values = trial.hyperparameters.values
-        if run is None or "tuner/round" not in values:
+    """`histomlf.hyperband.outcome` (`tuning.hyperband.outcomes`) on each Hyperband trial's run."""
+    fates = hyperband.outcomes((t.trial_id, t.hyperparameters.values) for t in trials)
+    for trial_id, outcome in fates.items():
+        run = children.get(trial_id)
+        if run is None:
             continue
-        if trial.trial_id in promoted:
-            outcome = "promoted"
-        elif int(values["tuner/round"]) < int(values["tuner/bracket"]):
-            outcome = "discarded"
-        else:
-            outcome = "final"
         client.set_tag(run.info.run_id, Tag.HYPERBAND_OUTCOME, outcome)
         client.set_tag(
             run.info.run_id, Tag.HYPERBAND_DISCARDED, str(outcome == "discarded").lower()

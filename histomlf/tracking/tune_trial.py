@@ -1,11 +1,12 @@
-"""One nested MLflow run per Keras Tuner trial, opened and closed in the tuner's own hooks.
+"""One nested MLflow run per Keras Tuner trial: the MLflow side of `tuning.tuners.IdcTuner`.
 
-`TrialTrackingMixin` goes in front of a Keras Tuner class (see `histomlf.tuning.tuners`):
-`on_trial_begin` opens the child run under the search's parent (`parent_run_id` passed
-explicitly, so a worker process with no active run nests its trials the same way),
-`run_trial` adds the per-execution epoch logger and logs the trial's final validation
-metrics, confusion matrix and (with `log_models=all`) its model, and `on_trial_end` lets the
-oracle record the trial before closing the run as FINISHED or FAILED with the error.
+The tuner runs the trial's lifecycle in Keras Tuner's hooks and tells its `TrialTracker` what
+happened; `MlflowTrialTracker` writes it down. `trial_began` opens the child run under the
+search's parent (`parent_run_id` passed explicitly, so a worker process with no active run nests
+its trials the same way) and logs its params, `epoch_ended` logs each epoch's metrics,
+`trial_scored` the trial's final validation metrics, confusion matrix and (with
+`log_models=all`) its model, and `trial_ended` closes the run as FINISHED or FAILED with the
+error, after the oracle recorded the trial.
 
 An earlier attempt of the same trial (a crash, a killed worker, a resumed search) that is
 still RUNNING is closed as KILLED and linked both ways with `histomlf.retried_by` /
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,9 @@ from mlflow.tracking import MlflowClient
 from histomlf.data.patches import patch_scale
 from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
 from histomlf.tracking import runs
-from histomlf.tracking.callbacks import MlflowEpochLogger
+from histomlf.tracking.callbacks import log_epoch
+from histomlf.tuning.trials import TrialOutcome, TrialStart
 
-HYPERBAND_KEYS = {"tuner/bracket": "bracket", "tuner/round": "round", "tuner/epochs": "epochs",
-                  "tuner/initial_epoch": "initial_epoch", "tuner/trial_id": "continues"}
 ERROR_TAG_CHARS = 500
 
 
@@ -73,88 +72,64 @@ def trial_run_name(trial_id: str, values: dict[str, Any], tuned: list[str]) -> s
     return " ".join([f"trial-{trial_id}", *shown[:NAMED_HYPERPARAMETERS]])
 
 
-class TrialTrackingMixin:
-    """Tracks each trial in its own nested run; needs `search_run=SearchRun(...)`."""
+class MlflowTrialTracker:
+    """A `tuning.tuners.TrialTracker` writing each trial to its own nested run under `search`.
 
-    def __init__(self, *args: Any, search_run: SearchRun, **kwargs: Any) -> None:
-        self.search_run = search_run
+    `IdcTuner` calls it from Keras Tuner's hooks; it makes the MLflow calls and decides
+    nothing about the trial. One trial runs at a time per tuner, so one open run id is kept.
+    """
+
+    def __init__(self, search: SearchRun) -> None:
+        self.search_run = search
         self._client = MlflowClient()
-        self._trial_run_id: str | None = None
-        self._trial_stride = 1
-        super().__init__(*args, **kwargs)
-        self.hypermodel.observer = self
+        self._run_id: str | None = None
 
-    def on_trial_begin(self, trial: Any) -> None:
-        super().on_trial_begin(trial)
-        from histomlf.tuning.hypermodel import schedule
-
-        hp = trial.hyperparameters
-        values = hp.values
-        config = schedule(self.hypermodel.trial_config(hp), values.get("tuner/epochs"),
-                          int(values.get("tuner/initial_epoch", 0)))
-        self._trial_stride = max(config.epochs + config.fine_tune_epochs, 1)
-        previous = [r for r in trial_runs(self._client, self.search_run, trial.trial_id)
+    def trial_began(self, start: TrialStart) -> None:
+        """Open the trial's run (closing a stale attempt of it as KILLED) and log its params."""
+        previous = [r for r in trial_runs(self._client, self.search_run, start.trial_id)
                     if r.info.status != "FINISHED"]
+        values = start.values
         tags = {
             Tag.KIND: RunKind.TUNE_TRIAL.value,
             Tag.SEARCH_ID: self.search_run.parent_run_id,
-            Tag.TRIAL_ID: trial.trial_id,
+            Tag.TRIAL_ID: start.trial_id,
             Tag.TUNER: self.search_run.tuner,
-            Tag.TUNER_ID: str(getattr(self, "tuner_id", "")),
+            Tag.TUNER_ID: start.tuner_id,
             Tag.WORKER_PID: str(os.getpid()),
             Tag.HOST: socket.gethostname(),
             Tag.ATTEMPT: str(len(previous) + 1),
-            Tag.TUNED: ",".join(self.hypermodel.space.names),
-            Tag.HPARAMS: " ".join(
-                f"{k}={_short(values[k])}" for k in self.hypermodel.space.names if k in values
-            ),
-            **{Tag.hyperband(name): str(values[key])
-               for key, name in HYPERBAND_KEYS.items() if key in values},
+            Tag.TUNED: ",".join(start.tuned),
+            Tag.HPARAMS: " ".join(f"{k}={_short(values[k])}" for k in start.tuned if k in values),
+            **{Tag.hyperband(name): value for name, value in start.hyperband.items()},
         }  # fmt: skip
         if previous:
             tags[Tag.RETRY_OF] = previous[-1].info.run_id
         run = mlflow.start_run(
             experiment_id=self.search_run.experiment_id,
-            run_name=trial_run_name(trial.trial_id, values, list(self.hypermodel.space.names)),
+            run_name=trial_run_name(start.trial_id, values, list(start.tuned)),
             nested=True,
             parent_run_id=self.search_run.parent_run_id,
             tags=tags,
             log_system_metrics=False,
         )
-        self._trial_run_id = run.info.run_id
+        self._run_id = run.info.run_id
         for old in previous:
             if old.info.status == "RUNNING":
                 self._client.set_terminated(old.info.run_id, "KILLED")
             self._client.set_tag(old.info.run_id, Tag.RETRIED_BY, run.info.run_id)
-        inactive = set(self.hypermodel.space.inactive(hp))
-        params = {k: v for k, v in config.as_params().items() if k not in inactive}
-        mlflow.log_params({k: "" if v is None else str(v) for k, v in params.items()})
-        self._trial_started = time.time()
+        mlflow.log_params({k: "" if v is None else str(v) for k, v in start.params.items()})
 
-    def execution_callbacks(self, trial_id: str, execution: int, initial_epoch: int) -> list[Any]:
-        """Epoch metrics of execution k land on steps k*stride + epoch: no collisions."""
-        return [MlflowEpochLogger(step_offset=execution * self._trial_stride,
-                                  run_id=self._trial_run_id)]
+    def epoch_ended(self, step: int, logs: dict[str, Any]) -> None:
+        if self._run_id:
+            log_epoch(logs, step, self._run_id)
 
-    def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
-        results = super().run_trial(trial, *args, **kwargs)
-        self._log_trial_results()
-        return results
-
-    def _log_trial_results(self) -> None:
+    def trial_scored(self, outcome: TrialOutcome) -> None:
+        """The trial's metrics, validation confusion matrix, execution tags and (`all`) model."""
         from histomlf.evaluation import plots
         from histomlf.evaluation.metrics import confusion
 
-        hypermodel = self.hypermodel
-        best = hypermodel.best_result()
-        if best is None:
-            return
-        final_step = len(hypermodel.results) * self._trial_stride
-        metrics = dict(hypermodel.mean_metrics())
-        metrics["decision_threshold"] = best.threshold
-        metrics["epochs_run"] = float(sum(r.fit.epochs_run for r in hypermodel.results))
-        metrics["trial_seconds"] = time.time() - self._trial_started
-        mlflow.log_metrics(metrics, step=final_step)
+        best = outcome.best
+        mlflow.log_metrics(outcome.metrics, step=outcome.step)
         labels = best.val.rows["label"].to_numpy()
         runs.log_json(confusion(labels, best.val.probabilities, best.threshold),
                       Artifact.evaluation("val", "confusion_matrix", "json"))
@@ -162,33 +137,29 @@ class TrialTrackingMixin:
                                                       best.threshold),
                         Artifact.evaluation("val", "confusion_matrix"))
         mlflow.set_tags({
-            Tag.EARLY_STOPPED: str(any(r.early_stopped for r in hypermodel.results)).lower(),
+            Tag.EARLY_STOPPED: str(outcome.early_stopped).lower(),
             Tag.BEST_EXECUTION: str(best.execution),
-            Tag.EXECUTIONS: str(len(hypermodel.results)),
+            Tag.EXECUTIONS: str(outcome.executions),
         })  # fmt: skip
         if self.search_run.log_models == "all":
             info = log_trial_model(best.model, best.threshold, best.config)
             mlflow.set_tag(Tag.MODEL_URI, info.model_uri)
 
-    def on_trial_end(self, trial: Any) -> None:
-        run_id, self._trial_run_id = self._trial_run_id, None
-        try:
-            super().on_trial_end(trial)
-        finally:
-            if run_id:
-                self._end_trial_run(run_id, trial)
-
-    def _end_trial_run(self, run_id: str, trial: Any) -> None:
-        status = "FINISHED" if trial.status == "COMPLETED" else "FAILED"
-        if status == "FAILED":
-            self._client.set_tag(run_id, Tag.ERROR, error_line(trial.message))
-            self._client.set_tag(run_id, Tag.TRIAL_STATUS, str(trial.status))
-            self._client.log_text(run_id, trial.message or "", Artifact.TRIAL_ERROR)
+    def trial_ended(self, trial_id: str, status: str, message: str | None) -> None:
+        """Close the run FINISHED, or FAILED with the error's last line as a tag."""
+        run_id, self._run_id = self._run_id, None
+        if not run_id:
+            return
+        run_status = "FINISHED" if status == "COMPLETED" else "FAILED"
+        if run_status == "FAILED":
+            self._client.set_tag(run_id, Tag.ERROR, error_line(message))
+            self._client.set_tag(run_id, Tag.TRIAL_STATUS, status)
+            self._client.log_text(run_id, message or "", Artifact.TRIAL_ERROR)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status)
+            mlflow.end_run(run_status)
         else:
-            self._client.set_terminated(run_id, status)
+            self._client.set_terminated(run_id, run_status)
 
 
 def log_trial_model(model: Any, threshold: float, config: Any):

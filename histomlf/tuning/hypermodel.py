@@ -1,68 +1,31 @@
-"""`IdcHyperModel`: a Keras Tuner hypermodel that trains a trial exactly like `histomlf train`.
+"""`IdcHyperModel`: a stateless Keras Tuner hypermodel that trains a trial like `histomlf train`.
 
 `build(hp)` is the train recipe's `build_model` with the trial's values applied to the base
 `TrainConfig`; `fit(hp, model, ...)` is the recipe's `fit_model` on the shared patient split
 followed by its `choose_threshold_on_val`, and returns the full `val_*` metric set (the oracle
-reads the objective from it). Nothing here touches MLflow: a tracker plugs in through
-`observer` (per-execution Keras callbacks) and reads `results` after each trial.
+reads the objective from it). Both work from `hp`, the recipe and their arguments only: the
+trial's state (which execution this is, what earlier executions produced) belongs to the tuner
+(`tuning.tuners.IdcTuner`), which hands each `fit` of a trial the same `TrialExecutions` to add
+its `ExecutionResult` to. Nothing here touches MLflow.
 
 Hyperband hands `fit` an epoch budget (`epochs`, the trial's last epoch) and, for a trial that
-continues an earlier one, `initial_epoch` (its weights are already loaded). The budget counts
-both phases: phase 1 takes the first `config.epochs` epochs and, when fine-tuning is on
-(`fine_tune_epochs > 0`), phase 2 the rest; without fine-tuning all of it is phase 1.
+continues an earlier one, `initial_epoch` (its weights are already loaded); see
+`tuning.hyperband.schedule` for how the budget maps onto the two training phases.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import keras_tuner as kt
 
 from histomlf.config import TrainConfig
+from histomlf.tuning.hyperband import schedule
 from histomlf.tuning.settings import SearchSettings
 from histomlf.tuning.space import SearchSpace
-
-
-class ExecutionObserver(Protocol):
-    """What a tracker supplies: extra Keras callbacks for one execution of one trial."""
-
-    def execution_callbacks(self, trial_id: str, execution: int, initial_epoch: int) -> list[Any]:
-        ...
-
-
-@dataclass
-class ExecutionResult:
-    """One execution (one fit from scratch) of a trial, scored on the validation split."""
-
-    trial_id: str
-    execution: int
-    config: TrainConfig
-    fit: Any
-    val: Any
-    threshold: float
-    metrics: dict[str, float]
-    model: Any
-    initial_epoch: int
-    last_epoch: int
-
-    @property
-    def early_stopped(self) -> bool:
-        """Fewer epochs ran than the schedule allowed (early stopping cut a phase)."""
-        return self.fit.epochs_run < self.last_epoch - self.initial_epoch
-
-
-def schedule(config: TrainConfig, epochs: int | None, initial_epoch: int = 0) -> TrainConfig:
-    """The config one trial trains with, given Hyperband's epoch budget (None: as configured)."""
-    if epochs is None:
-        return config
-    if config.fine_tune_epochs <= 0:
-        return config.replace(epochs=epochs, fine_tune_epochs=0)
-    head = max(1, min(config.epochs, epochs))
-    return config.replace(epochs=head, fine_tune_epochs=max(0, epochs - max(head, initial_epoch)))
+from histomlf.tuning.trials import ExecutionResult, TrialExecutions
 
 
 class IdcHyperModel(kt.HyperModel):
@@ -75,7 +38,6 @@ class IdcHyperModel(kt.HyperModel):
         space: SearchSpace,
         data: Callable[[], Any],
         work_root: Path,
-        observer: ExecutionObserver | None = None,
     ) -> None:
         super().__init__(name="idc", tunable=True)
         self.base = base
@@ -84,13 +46,10 @@ class IdcHyperModel(kt.HyperModel):
         self._data_provider = data
         self._data: Any = None
         self.work_root = Path(work_root)
-        self.observer = observer
-        self.trial_id = ""
-        self.results: list[ExecutionResult] = []
 
     @property
     def data(self) -> Any:
-        """The prepared split, built once per process on first use."""
+        """The prepared split, built once per process on first use (a cache, not trial state)."""
         if self._data is None:
             self._data = self._data_provider()
         return self._data
@@ -102,22 +61,20 @@ class IdcHyperModel(kt.HyperModel):
         """The base config with this trial's active values applied."""
         return self.space.apply(self.base, self.space.active_values(hp))
 
-    def start_trial(self, trial_id: str) -> None:
-        """Forget the previous trial; executions of `trial_id` follow."""
-        self.trial_id = trial_id
-        self.results = []
+    def seed(self, hp: kt.HyperParameters, execution: int = 0) -> None:
+        """Seed everything for execution `execution` of `hp` (call it right before `build`).
 
-    @property
-    def execution(self) -> int:
-        return len(self.results)
+        Executions of one trial start from different, reproducible initialisations
+        (`seed + execution`). `build` itself does not seed: Keras Tuner calls it with `hp` only.
+        """
+        from histomlf.training.fit import make_deterministic
+
+        make_deterministic(self.trial_config(hp).seed + execution)
 
     def build(self, hp: kt.HyperParameters) -> Any:
-        from histomlf.training.fit import make_deterministic
         from histomlf.training.workflow import build_model
 
-        config = self.trial_config(hp)
-        make_deterministic(config.seed + self.execution)
-        return build_model(config)
+        return build_model(self.trial_config(hp))
 
     def fit(
         self,
@@ -127,45 +84,32 @@ class IdcHyperModel(kt.HyperModel):
         callbacks: Sequence[Any] = (),
         epochs: int | None = None,
         initial_epoch: int = 0,
+        executions: TrialExecutions | None = None,
         **kwargs: Any,
     ) -> dict[str, float]:
-        """Train `model` with the train recipe's own fit and return its `val_*` metrics."""
+        """Train `model` with the train recipe's own fit and return its `val_*` metrics.
+
+        The result (model, threshold, validation scores) is appended to `executions`, the
+        trial's executions so far; its length is this execution's index (seed offset and work
+        folder `<work_root>/trial_<id>/execution_<k>`, where an interrupted fit resumes).
+        """
         from histomlf.training.workflow import choose_threshold_on_val, fit_model
 
-        execution = self.execution
+        executions = executions if executions is not None else TrialExecutions("fit")
+        execution = executions.next
         config = schedule(self.trial_config(hp), epochs, initial_epoch)
         run_config = config.replace(seed=config.seed + execution)
-        extra = (self.observer.execution_callbacks(self.trial_id, execution, initial_epoch)
-                 if self.observer is not None else [])
         result = fit_model(
-            model, run_config, self.data, callbacks=[*callbacks, *extra],
-            work_dir=self.work_root / f"trial_{self.trial_id}" / f"execution_{execution}",
+            model, run_config, self.data, callbacks=callbacks,
+            work_dir=self.work_root / f"trial_{executions.trial_id}" / f"execution_{execution}",
             initial_epoch=initial_epoch,
         )  # fmt: skip
         threshold, val = choose_threshold_on_val(model, config, self.data)
         metrics = {f"val_{name}": float(value) for name, value in val.metrics.items()}
         last_epoch = initial_epoch + max(config.epochs - initial_epoch, 0) + config.fine_tune_epochs
-        self.results.append(ExecutionResult(
-            trial_id=self.trial_id, execution=execution, config=config, fit=result, val=val,
-            threshold=threshold, metrics=metrics, model=model, initial_epoch=initial_epoch,
-            last_epoch=last_epoch,
+        executions.results.append(ExecutionResult(
+            trial_id=executions.trial_id, execution=execution, config=config, fit=result,
+            val=val, threshold=threshold, metrics=metrics, model=model,
+            initial_epoch=initial_epoch, last_epoch=last_epoch,
         ))  # fmt: skip
         return metrics
-
-    def best_result(self) -> ExecutionResult | None:
-        """This trial's best execution by the objective (NaN never wins)."""
-        name = self.settings.objective
-        sign = 1 if self.settings.objective_direction == "max" else -1
-
-        def key(result: ExecutionResult) -> float:
-            value = result.metrics.get(name, math.nan)
-            return -math.inf if math.isnan(value) else sign * value
-
-        return max(self.results, key=key, default=None)
-
-    def mean_metrics(self) -> dict[str, float]:
-        """Metrics averaged over executions: what the oracle scores the trial on."""
-        if not self.results:
-            return {}
-        count = len(self.results)
-        return {k: sum(r.metrics[k] for r in self.results) / count for k in self.results[0].metrics}

@@ -1,10 +1,12 @@
-"""The tuners by name, without Keras Tuner: what settings validation and `--tuner` need.
+"""The tuners by name, without Keras Tuner: the one table a new tuner goes in.
 
-Each `TunerSpec` names a tuner, the oracle arguments it takes from the search settings (plain
-values: `tuning.tuners` adds the objective and builds the Keras Tuner class registered under
-the same name) and a check of the settings only that tuner has. `histomlf tune --help` and
-`SearchSettings` read this table, so neither imports keras_tuner (seconds of TensorFlow).
-Adding a tuner: one `TunerSpec` here plus its Keras Tuner class in `tuning/tuners.py`.
+Each `TunerSpec` names a tuner, the Keras Tuner oracle that picks its trials (a class name in
+`keras_tuner.oracles`), that oracle's own arguments from the search settings (plain values:
+`tuning.tuners` adds the objective, seed, failure budget and trial cap every oracle takes) and a
+check of the settings only that tuner has. Keras Tuner's tuners are each an oracle wired to its
+base `Tuner`; histomlf wires every oracle to one `Tuner` subclass (`tuning.tuners.IdcTuner`), so
+a name here is all a tuner needs. `histomlf tune --help` and `SearchSettings` read this table,
+so neither imports keras_tuner (seconds of TensorFlow).
 
 The `settings` and `config` arguments are a `SearchSettings` and a `TrainConfig`; this module
 does not import them (settings imports this table).
@@ -17,9 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from histomlf.errors import ConfigError
+from histomlf.tuning import hyperband
 
 OracleArgs = Callable[[Any, Any], dict[str, Any]]
 Validate = Callable[[Any, Any], None]
+
+
+def _no_args(settings: Any, config: Any) -> dict[str, Any]:
+    """Most oracles take only the arguments every oracle takes."""
+    return {}
 
 
 def _no_check(settings: Any, config: Any) -> None:
@@ -28,45 +36,29 @@ def _no_check(settings: Any, config: Any) -> None:
 
 @dataclass(frozen=True)
 class TunerSpec:
-    """One tuner: its name, its oracle's own arguments, and its own check of the settings."""
+    """One tuner: its name, its Keras Tuner oracle, the oracle's own arguments, its check."""
 
     name: str
-    oracle_args: OracleArgs
+    oracle: str
+    oracle_args: OracleArgs = _no_args
     validate: Validate = _no_check
 
 
-def _with_max_trials(settings: Any, config: Any) -> dict[str, Any]:
-    return {"max_trials": settings.max_trials}
+def _table(*specs: TunerSpec) -> dict[str, TunerSpec]:
+    table: dict[str, TunerSpec] = {}
+    for spec in specs:
+        if spec.name in table:
+            raise ValueError(f"two tuners are named {spec.name!r}")
+        table[spec.name] = spec
+    return table
 
 
-def _hyperband_args(settings: Any, config: Any) -> dict[str, Any]:
-    return {
-        "max_epochs": settings.epoch_budget(config),
-        "factor": settings.factor,
-        "hyperband_iterations": settings.hyperband_iterations,
-    }
-
-
-def _check_hyperband(settings: Any, config: Any) -> None:
-    tuned = sorted({"epochs", "fine_tune_epochs"} & set(settings.space))
-    if tuned:
-        raise ConfigError(
-            f"hyperband sets each trial's epochs itself; remove {', '.join(tuned)} "
-            "from search.space"
-        )
-    if settings.epoch_budget(config) < 1:
-        raise ConfigError("hyperband needs max_epochs >= 1")
-
-
-TUNERS: dict[str, TunerSpec] = {
-    spec.name: spec
-    for spec in (
-        TunerSpec("random", _with_max_trials),
-        TunerSpec("bayesian", _with_max_trials),
-        TunerSpec("hyperband", _hyperband_args, _check_hyperband),
-        TunerSpec("grid", _with_max_trials),
-    )
-}
+TUNERS: dict[str, TunerSpec] = _table(
+    TunerSpec("random", "RandomSearchOracle"),
+    TunerSpec("bayesian", "BayesianOptimizationOracle"),
+    TunerSpec("hyperband", "HyperbandOracle", hyperband.oracle_args, hyperband.check),
+    TunerSpec("grid", "GridSearchOracle"),
+)
 
 
 def tuner_names() -> list[str]:
