@@ -72,6 +72,9 @@ def print_summary(result: dict) -> None:
     click.echo(f"run {result['run_id']}  model {result['model_uri']}")
     for name in headline_keys("test_", HEADLINE):
         click.echo(f"  {name:24s} {metrics[name]:.4f}")
+    calibration = result.get("calibration")
+    if calibration:
+        click.echo(f"calibration: {calibration}")
     gate = result.get("gate")
     if gate is not None:
         click.echo(f"registry: {gate.name} v{gate.version} -> {gate.alias} ({gate.reason})")

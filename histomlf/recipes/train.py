@@ -136,10 +136,24 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
             "experiment": config.experiment,
             "ui_path": runs.experiment_link(run.info.experiment_id),
         }
+        if calibration is not None:
+            result["calibration"] = calibration_line(calibration, outcome.metrics())
         if config.register_as:
             result["gate"] = register(config, outcome.evaluation, data, info.model_uri, run_id)
         runs.set_note(notes.train_note(config, data, result["metrics"], result.get("gate")))
         return result
+
+
+def calibration_line(calibration: Any, metrics: dict[str, float]) -> str:
+    """How the model was calibrated on its validation patients, in one line."""
+    if calibration.status != "platt":
+        return f"not calibrated ({calibration.status.removeprefix('none: ')})"
+    platt = calibration.platt
+    return (
+        f"Platt map (slope {platt.slope:.3f}, intercept {platt.intercept:+.3f}) fitted on the "
+        f"validation patients; their ECE {calibration.val_ece_uncalibrated:.3f} -> "
+        f"{metrics['val_ece']:.3f}, test ECE {metrics['test_ece']:.3f}"
+    )
 
 
 def register(config: TrainConfig, evaluation: Any, data: Any, model_uri: str, run_id: str):
