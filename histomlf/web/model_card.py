@@ -53,6 +53,11 @@ class ModelCard:
     """`test` (a held-out test split) or `oof` (a CV-final ensemble: out-of-fold, every patient
     scored by the fold model that never saw it; it has no test split)."""
     oof_patients: str | None = None
+    final: str | None = None
+    """A CV-final model's kind: `ensemble` (the fold models' mean) or `refit` (one model
+    trained on every patient); None for any other model."""
+    calibration: str | None = None
+    """`platt` when its P(IDC) passes a fitted Platt map, else why not (None: not asked)."""
     split_sizes: dict[str, str] = field(default_factory=dict)
     """`test_patients`, `test_patches`, `train_patients`... as logged (strings)."""
 
@@ -118,6 +123,8 @@ def card_fields(run_id: str, run: StoredRun | None) -> tuple[dict, dict[str, str
         "backbone": params.get("model"),
         "weights": params.get("weights"),
         "data_source": tags.get(Tag.DATA_SOURCE),
+        "final": params.get("final") if run_kind(tags) == RunKind.CV_FINAL else None,
+        "calibration": params.get("calibration"),
         "split_sizes": {k: v for k, v in params.items() if _SPLIT_SIZE.fullmatch(k)},
         **scored_metrics(run.metrics),
     }
