@@ -300,6 +300,7 @@ def test_the_cli_passes_its_arguments_to_the_spark_recipe_and_prints_one_json_li
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The CLI's wiring, without a second Spark job (the recipe itself is tested above)."""
+    import importlib
     import json
 
     import histomlf.recipes.spark_predict as recipe
@@ -311,6 +312,10 @@ def test_the_cli_passes_its_arguments_to_the_spark_recipe_and_prints_one_json_li
         return {"patches": 3, "out": str(out)}
 
     monkeypatch.setattr(recipe, "spark_predict", fake)
+    # No model is registered for this wiring check: the store lookup is tested on its own
+    # (tests/test_config_options.py), and the fake recipe never loads the model.
+    verbs = importlib.import_module("histomlf.cli.evaluate")  # the module, not its command
+    monkeypatch.setattr(verbs, "check_model_exists", lambda uri: None)
     monkeypatch.chdir(tmp_path)
     printed = invoke_cli("predict", f"models:/{MODEL_NAME}@champion", str(tmp_path),
                          "--engine", "spark", "--master", "spark://127.0.0.1:7077")

@@ -76,6 +76,10 @@ def predict(model_uri: str, data: str, out: Path, batch_size: int, engine: str,
     """Predict every patch of DATA (a dataset folder or manifest CSV) with MODEL_URI."""
     with shown_as_one_line():
         check_inputs(model_uri, data)
+    if engine == "spark":
+        from histomlf.cli.spark import check_java
+
+        check_java()  # an environment check first: without Java nothing else matters
     check_tracking_server()
     with shown_as_one_line():
         check_model_exists(model_uri)

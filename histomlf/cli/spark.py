@@ -11,6 +11,16 @@ import click
 from histomlf.cli.errors import user_errors
 
 
+def check_java() -> None:
+    """Java for Spark, before TensorFlow, MLflow or a JVM: seconds, one line."""
+    from histomlf.spark.session import SparkUnavailable, java_executable
+
+    try:
+        java_executable()
+    except SparkUnavailable as error:
+        raise click.ClickException(str(error)) from error
+
+
 def predict_on_spark(model_uri: str, data: str, out: Path, master: str) -> None:
     """Run `recipes.spark_predict` and print its result as one JSON line; errors are one line."""
     from histomlf.spark.session import SparkSettings, SparkUnavailable, java_executable
