@@ -173,6 +173,9 @@ class Artifact:
     LEADERBOARD_CSV = "search/leaderboard.csv"
     BEST_TRIAL = "search/best.json"
     CV_FOLDS = "cv/folds.json"
+    CALIBRATION = "evaluation/calibration.json"
+    """A calibrated train run's Platt map, how it was fitted and its validation ECE before and
+    after (`calibrate: platt`)."""
     TRIAL_ERROR = "error.txt"
     REPORT_FOLDER = "report"
     REPORT_RUNS = "report/runs.json"

@@ -256,3 +256,37 @@ def test_cv_final_platt_lowers_ece_on_held_back_real_patients(
     print(f"{len(held_back)} held-back patients, {len(held)} patches: "
           f"ECE {ece_raw:.3f} -> {ece_calibrated:.3f}")
     assert ece_calibrated < ece_raw
+
+
+@pytest.mark.slow
+def test_a_calibrated_train_run_logs_its_map_and_the_reliability_before_it(
+    tmp_path: Path, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from histomlf.models.averaging import calibration_of
+    from histomlf.recipes.train import train
+    from histomlf.schema import Artifact
+
+    monkeypatch.setenv("HISTOMLF_CACHE", str(tmp_path / "cache"))
+    with tmp_store(tmp_path) as store:
+        result = train(tiny_config(synthetic, explain=False, calibrate="platt"))
+        client = MlflowClient(store.tracking_uri)
+        run = client.get_run(result["run_id"])
+        logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+        record = json.loads(mlflow.artifacts.load_text(
+            f"runs:/{run.info.run_id}/{Artifact.CALIBRATION}"))
+        model = mlflow.pyfunc.load_model(result["model_uri"])
+    assert run.data.params["calibrate"] == "platt"
+    assert {Artifact.CALIBRATION, Artifact.evaluation("val", "reliability_uncalibrated")} <= logged
+    assert record["status"] == run.data.params["calibration"] == "platt"
+    assert record["val_ece_uncalibrated"] == pytest.approx(
+        run.data.metrics["val_ece_uncalibrated"])
+    slope, intercept = run.data.metrics["platt_slope"], run.data.metrics["platt_intercept"]
+    assert calibration_of(model.unwrap_python_model().keras_model) == pytest.approx(
+        (slope, intercept))
+    assert model.metadata.metadata["platt_slope"] == repr(slope)
+    assert "Platt map" in result["calibration"]

@@ -20,7 +20,7 @@ from histomlf.environment import git_state
 from histomlf.paths import cache_root
 from histomlf.recipes import notes
 from histomlf.recipes.explain import explain_run
-from histomlf.schema import ModelMeta, RunKind, Tag
+from histomlf.schema import Artifact, ModelMeta, RunKind, Tag
 from histomlf.tracking import artifacts, runs
 from histomlf.tracking.callbacks import MlflowEpochLogger
 
@@ -115,8 +115,7 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
         )
         calibration = outcome.calibration
         if calibration is not None:
-            runs.log_metrics(calibration.metrics())
-            runs.log_resolved_params({"calibration": calibration.status[:500]})
+            log_calibration(calibration, outcome)
         if config.explain:
             outcome.seconds["explain"] = explain_run(
                 outcome.model, outcome.evaluation, seed=config.seed
@@ -142,6 +141,28 @@ def train(config: TrainConfig, *, run_name: str | None = None) -> dict[str, Any]
             result["gate"] = register(config, outcome.evaluation, data, info.model_uri, run_id)
         runs.set_note(notes.train_note(config, data, result["metrics"], result.get("gate")))
         return result
+
+
+def log_calibration(calibration: Any, outcome: Any) -> None:
+    """The Platt map's metrics, how it was fitted, and the validation reliability before it."""
+    from histomlf.evaluation import plots
+
+    metrics = outcome.metrics()
+    runs.log_metrics(calibration.metrics())
+    runs.log_resolved_params({"calibration": calibration.status[:500]})
+    labels = outcome.data.rows["val"]["label"].to_numpy()
+    runs.log_json(
+        {"status": calibration.status, "fitted_on": "validation patients",
+         "val_patients": int(outcome.data.rows["val"]["patient_id"].nunique()),
+         **calibration.metrics(), "val_ece": metrics.get("val_ece"),
+         "test_ece": metrics.get("test_ece")},
+        Artifact.CALIBRATION,
+    )
+    runs.log_figure(
+        plots.plot_reliability_diagram(labels, calibration.val_probabilities,
+                                       title="Validation, before calibration"),
+        Artifact.evaluation("val", "reliability_uncalibrated"),
+    )
 
 
 def calibration_line(calibration: Any, metrics: dict[str, float]) -> str:

@@ -72,6 +72,7 @@ class Calibration:
     platt: Any  # histomlf.evaluation.calibration.PlattMap (the identity when not fitted)
     status: str  # "platt", or "none: <why no fit was possible>"
     val_ece_uncalibrated: float
+    val_probabilities: Any = None  # the uncalibrated validation probabilities it was fitted on
 
     def metrics(self) -> dict[str, float]:
         return {**self.platt.as_params(), "val_ece_uncalibrated": self.val_ece_uncalibrated}
@@ -97,9 +98,9 @@ def calibrate_on_val(
     try:
         platt = fit_platt(labels, probabilities)
     except ValueError as error:
-        return model, Calibration(PlattMap(), f"none: {error}", uncalibrated)
+        return model, Calibration(PlattMap(), f"none: {error}", uncalibrated, probabilities)
     calibrated = with_calibration(model, platt.slope, platt.intercept)
-    return calibrated, Calibration(platt, "platt", uncalibrated)
+    return calibrated, Calibration(platt, "platt", uncalibrated, probabilities)
 
 
 def resolve_data_dir(config: TrainConfig) -> tuple[Path, str]:
