@@ -7,7 +7,6 @@ logged by the same `log_evaluation` as a train run.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -72,7 +71,7 @@ def cross_validate(
     check_final(final, config.calibrate, folds, only_folds)
     # The fold models stay uncalibrated: their out-of-fold outputs are what the final model's
     # map is fitted on (`config.calibrate` is the final model's).
-    fold_config = replace(config, calibrate="none")
+    fold_config = config.replace(calibrate="none")
     chosen = sorted(set(only_folds)) or list(range(1, folds + 1))
     if not all(1 <= fold <= folds for fold in chosen):
         raise ConfigError(f"only_folds must be fold numbers from 1 to {folds}; got {only_folds}")

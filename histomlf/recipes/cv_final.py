@@ -58,13 +58,10 @@ class FoldOutcome:
 def refit_config(config: Any, folds: Sequence[FoldOutcome]) -> Any:
     """The recipe for the refit on every patient: the median of the folds' epochs run (per
     phase), early stopping off."""
-    from dataclasses import replace
-
     def median(values: list[int]) -> int:
         return int(np.round(np.median(values)))
 
-    return replace(
-        config,
+    return config.replace(
         epochs=max(median([fold.epochs for fold in folds]), 1),
         fine_tune_epochs=median([fold.fine_tune_epochs for fold in folds]),
         early_stopping_patience=0,
@@ -79,19 +76,15 @@ def every_patient_split(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def train_refit(config: Any, manifest: pd.DataFrame, *, work_dir: Any, callbacks=()) -> Any:
     """Train `config` (a `refit_config`) on every patient; returns (inference model, data)."""
+    from histomlf.training.devices import training_strategy
     from histomlf.training.fit import make_deterministic
-    from histomlf.training.workflow import (
-        build_model,
-        fit_model,
-        inference_model,
-        prepare_data,
-    )
+    from histomlf.training.workflow import fit_recipe, prepare_data
 
+    training_strategy(config.devices)  # first: splitting the CPU precedes any TF op
     make_deterministic(config.seed)
     data = prepare_data(config, split=every_patient_split(manifest), required=("train",))
-    model = build_model(config)
-    fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
-    return inference_model(model, config, fit_result), data
+    model, _ = fit_recipe(config, data, work_dir=work_dir, callbacks=callbacks)
+    return model, data
 
 
 def check_final(final: str, calibrate: str, folds: int, only_folds: Sequence[int]) -> None:

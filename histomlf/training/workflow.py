@@ -348,6 +348,32 @@ def evaluate_model(config: TrainConfig, data: PreparedData, model: Any) -> Evalu
     )
 
 
+def fit_recipe(
+    config: TrainConfig,
+    data: PreparedData,
+    *,
+    work_dir: Path,
+    callbacks: Sequence[Any] = (),
+) -> tuple[Any, Any]:
+    """Build `config`'s model, fit it on `data` under the strategy of `config.devices`, and
+    return `(inference model, FitResult)` — the recipe's training, shared by a train run and
+    the refit of a CV-final model (whose data has no validation split)."""
+    from histomlf.training.devices import check_replica_batches, replicas, training_strategy
+
+    strategy = training_strategy(config.devices)
+    check_replica_batches(
+        config.batch_size,
+        {name: len(data.rows[name]) for name in ("train", "val") if len(data.rows[name])},
+        replicas(strategy),
+    )
+    # Under `devices` other than one device, the model is built, compiled and fitted inside
+    # the tf.distribute strategy's scope; Keras splits each global batch across the replicas.
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config)
+        fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
+    return inference_model(model, config, fit_result), fit_result
+
+
 def train_and_score(
     config: TrainConfig,
     *,
@@ -356,25 +382,15 @@ def train_and_score(
     data: PreparedData | None = None,
 ) -> TrainOutcome:
     """Run the whole recipe and return what it produced; logs nothing."""
-    from histomlf.training.devices import check_replica_batches, replicas, training_strategy
+    from histomlf.training.devices import training_strategy
     from histomlf.training.fit import make_deterministic
 
-    strategy = training_strategy(config.devices)  # first: splitting the CPU precedes any TF op
+    training_strategy(config.devices)  # first: splitting the CPU precedes any TF op
     make_deterministic(config.seed)
     started = time.perf_counter()
     data = data or prepare_data(config)
     prepared = time.perf_counter()
-    check_replica_batches(
-        config.batch_size,
-        {"train": len(data.rows["train"]), "val": len(data.rows["val"])},
-        replicas(strategy),
-    )
-    # Under `devices` other than one device, the model is built, compiled and fitted inside
-    # the tf.distribute strategy's scope; Keras splits each global batch across the replicas.
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model(config)
-        fit_result = fit_model(model, config, data, work_dir=work_dir, callbacks=callbacks)
-    model = inference_model(model, config, fit_result)
+    model, fit_result = fit_recipe(config, data, work_dir=work_dir, callbacks=callbacks)
     fitted = time.perf_counter()
     model, calibration = calibrate_on_val(model, config, data)
     evaluation = evaluate_model(config, data, model)
