@@ -8,15 +8,18 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 
 @contextlib.contextmanager
-def environ_set(values: Mapping[str, str]) -> Iterator[None]:
-    """`os.environ` with `values` set for the block, then every key restored (or removed)."""
-    saved = {key: os.environ.get(key) for key in values}
+def environ_set(
+    values: Mapping[str, str], *, also_restore: Iterable[str] = ()
+) -> Iterator[None]:
+    """`os.environ` with `values` set for the block, then every key restored (or removed) —
+    those of `values` and `also_restore` (keys the block itself may set or remove)."""
+    saved = {key: os.environ.get(key) for key in {*values, *also_restore}}
     os.environ.update(values)
     try:
         yield

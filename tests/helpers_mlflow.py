@@ -21,6 +21,8 @@ import numpy as np
 from helpers_wait import answers, free_port, wait_for
 from PIL import Image
 
+from histomlf.environment import environ_set
+
 SERVE_START_TIMEOUT_S = 150.0
 REQUEST_TIMEOUT_S = 60.0
 
@@ -55,19 +57,14 @@ def isolated_tracking() -> Iterator[None]:
     import mlflow
     from mlflow.tracking import fluent
 
-    saved = {key: os.environ.get(key) for key in _MLFLOW_ENV}
     saved_experiment = fluent._active_experiment_id  # set_experiment() keeps it process-wide
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        fluent._active_experiment_id = saved_experiment
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with environ_set({}, also_restore=_MLFLOW_ENV):  # restored after the URIs are reset
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
+            fluent._active_experiment_id = saved_experiment
 
 
 @contextlib.contextmanager

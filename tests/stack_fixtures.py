@@ -8,7 +8,6 @@ of the current test at it as the admin user.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from histomlf.environment import environ_set
 from histomlf.stack import (
     StackSecrets,
     StackSettings,
@@ -133,16 +133,8 @@ class RunningStack:
 
 def _start_as_a_user_would(settings: StackSettings, password: str) -> None:
     """`start_stack` with the admin password and a canary exported in the caller's environment."""
-    saved = {k: os.environ.get(k) for k in (ADMIN_PASSWORD_ENV, CALLER_CANARY)}
-    os.environ.update({ADMIN_PASSWORD_ENV: password, CALLER_CANARY: "caller-only"})
-    try:
+    with environ_set({ADMIN_PASSWORD_ENV: password, CALLER_CANARY: "caller-only"}):
         start_stack(settings, password=password)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _distinct_free_ports(count: int) -> list[int]:

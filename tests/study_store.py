@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from helpers_mlflow import isolated_tracking
 
+from histomlf.environment import environ_set
+
 STUDY_EXPERIMENT = "study"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -79,18 +81,10 @@ def tracking_env(**values: str) -> Iterator[None]:
     """Set MLflow/histomlf environment variables for a block (MLFLOW_RUN_ID cleared), then
     restore them and MLflow's process-wide state (`isolated_tracking`: tracking URI, active
     experiment)."""
-    saved = {key: os.environ.get(key) for key in {*_ENV_KEYS, *values}}
-    with isolated_tracking():
-        try:
+    with isolated_tracking(), environ_set(values, also_restore=_ENV_KEYS):
+        if "MLFLOW_RUN_ID" not in values:
             os.environ.pop("MLFLOW_RUN_ID", None)
-            os.environ.update(values)
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        yield
 
 
 def invoke_cli(*args: str, expect_exit: int = 0) -> Any:
