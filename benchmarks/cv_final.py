@@ -63,15 +63,12 @@ def copy_patients(data_dir: Path, patients: list[str], target: Path) -> Path:
 
 def held_out_scores(model_uri: str, rows: Any) -> dict[str, float]:
     """The model's metrics on `rows` at its own logged threshold."""
-    from histomlf.evaluation.metrics import classification_metrics
     from histomlf.tracking.scoring import load_model, model_threshold, predict_rows
 
     model = load_model(model_uri)
     predictions = predict_rows(model, rows)
-    metrics = classification_metrics(
-        rows["label"].to_numpy(), predictions["probability"].to_numpy(), model_threshold(model)
-    )
-    return {key: float(metrics[key]) for key in KEYS}
+    return scores(rows["label"].to_numpy(), predictions["probability"].to_numpy(),
+                  model_threshold(model))
 
 
 def run_outer_fold(args: argparse.Namespace, index: int, split: Any, manifest: Any, work: Path,

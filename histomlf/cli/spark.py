@@ -23,12 +23,11 @@ def check_java() -> None:
 
 def predict_on_spark(model_uri: str, data: str, out: Path, master: str) -> None:
     """Run `recipes.spark_predict` and print its result as one JSON line; errors are one line."""
-    from histomlf.spark.session import SparkSettings, SparkUnavailable, java_executable
+    from histomlf.spark.session import SparkSettings, SparkUnavailable
 
     if out == Path("predictions.csv"):  # the CSV default of the in-process engine
         out = Path("predictions")
-    try:
-        java_executable()  # before TensorFlow, MLflow or a JVM: seconds, one line
+    try:  # Java was checked by `check_java`, before the store was asked for the model
         from histomlf.recipes.spark_predict import spark_predict
 
         result = spark_predict(model_uri, data, out, settings=SparkSettings(master=master))
